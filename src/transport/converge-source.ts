@@ -1,0 +1,237 @@
+/**
+ * Source side of the converge channel. A Writable that takes one VM's QEMU migration stream
+ * (from a simulated VM or from QEMU's `migrate` socket) and forwards it to the target agent
+ * over one TCP connection, replacing each page whose content the target already holds by a
+ * reference. Backpressure is end to end: the write callback waits for the socket to drain, so
+ * the VM's pre-copy sees the real path's bandwidth.
+ */
+import { Writable, type Duplex } from 'node:stream';
+import { ErrorCode, VmsError, isVmsError } from '../errors.js';
+import type { ContentSet } from '../memory/content-set.js';
+import type { XXHash } from 'xxhash-wasm';
+import { loadXxhash } from '../memory/xxhash.js';
+import {
+  CONVERGE_PROTOCOL_VERSION,
+  FrameDecoder,
+  FrameType,
+  decodeJson,
+  encodeEndFrame,
+  encodeFrame,
+  encodeFrameHeader,
+  encodeJsonFrame,
+  type ConvergeResult,
+  type HelloFrame,
+} from '../wire/converge-frame.js';
+import { StreamParser, StreamWriter, type StreamHandler } from '../wire/qemu-stream.js';
+
+/** Collision-safe identity of a page content (the content index). */
+export interface ContentLookup {
+  /** Id of a stored content byte-identical to buf[off..off+4096), or -1. */
+  lookup(buf: Buffer, off?: number): number;
+}
+
+export interface ConvergeSourceOptions {
+  socket: Duplex;
+  job: string;
+  vm: string;
+  /** Content identity; without it every page goes whole (plain migration through the proxy). */
+  contents?: ContentLookup;
+  /** What the target is known to hold; pages sent with STORE are added as they go. */
+  holds?: ContentSet;
+  /** How long to wait for the target's RESULT after END. */
+  resultTimeoutMs?: number;
+}
+
+export interface ConvergeSourceStats {
+  /** Bytes of the original stream (what plain QEMU migration sends). */
+  streamBytes: number;
+  /** Bytes written to the socket (frames included). */
+  wireBytes: number;
+  pagesWhole: number;
+  pagesStored: number;
+  pagesRef: number;
+}
+
+export class ConvergeSource extends Writable {
+  readonly stats: ConvergeSourceStats = { streamBytes: 0, wireBytes: 0, pagesWhole: 0, pagesStored: 0, pagesRef: 0 };
+  /** Resolves with the target's RESULT once the VM runs there; rejects when the migration failed. */
+  readonly result: Promise<ConvergeResult>;
+
+  private readonly socket: Duplex;
+  private readonly parser: StreamParser;
+  private readonly writer: StreamWriter;
+  private hash: XXHash<bigint> | undefined;
+  private drainWaiter: ((err?: Error | null) => void) | undefined;
+  private settled = false;
+  private resolveResult!: (r: ConvergeResult) => void;
+  private rejectResult!: (e: Error) => void;
+  private resultTimer: NodeJS.Timeout | undefined;
+  private readonly resultTimeoutMs: number;
+
+  constructor(private readonly opts: ConvergeSourceOptions) {
+    super({ highWaterMark: 1024 * 1024 });
+    this.socket = opts.socket;
+    this.resultTimeoutMs = opts.resultTimeoutMs ?? 120_000;
+    this.result = new Promise((res, rej) => {
+      this.resolveResult = res;
+      this.rejectResult = rej;
+    });
+    // The result is also observed through 'error'; avoid an unhandled rejection if nobody awaits it.
+    this.result.catch(() => {});
+
+    this.writer = new StreamWriter((chunk) => this.sendData(chunk));
+    this.parser = new StreamParser(this.rewriter(), {});
+
+    const decoder = new FrameDecoder((type, payload, offset) => {
+      if (type === FrameType.RESULT) this.onResult(decodeJson<ConvergeResult>(payload, offset, 'RESULT'));
+      else if (type === FrameType.ABORT) this.settle(new VmsError(ErrorCode.CONVERGE, `target aborted VM ${opts.vm}: ${payload.toString('utf8')}`));
+      else throw new VmsError(ErrorCode.CONVERGE, `unexpected frame type ${type} from the target`);
+    });
+    this.socket.on('data', (chunk: Buffer) => {
+      try {
+        decoder.push(chunk);
+      } catch (e) {
+        this.settle(e instanceof Error ? e : new Error(String(e)));
+      }
+    });
+    this.socket.on('drain', () => {
+      const w = this.drainWaiter;
+      this.drainWaiter = undefined;
+      w?.();
+    });
+    this.socket.on('error', (e) => this.settle(new VmsError(ErrorCode.CONVERGE, `converge connection for VM ${opts.vm} failed: ${e.message}`, { cause: e })));
+    this.socket.on('close', () => this.settle(new VmsError(ErrorCode.CONVERGE, `target closed the converge connection for VM ${opts.vm} before reporting a result`)));
+
+    const hello: HelloFrame = { job: opts.job, vm: opts.vm, version: CONVERGE_PROTOCOL_VERSION };
+    this.put(encodeJsonFrame(FrameType.HELLO, hello));
+  }
+
+  private rewriter(): StreamHandler {
+    const lookup = this.opts.contents;
+    const holds = this.opts.holds;
+    const stats = this.stats;
+    const raw = (): void => this.writer.raw(this.parser.record);
+    return {
+      preamble: raw,
+      section: raw,
+      memSize: raw,
+      zero: raw,
+      eos: raw,
+      footer: raw,
+      deviceTail: (chunk) => this.writer.raw(chunk),
+      page: (block, offset, data, cont) => {
+        const id = lookup ? lookup.lookup(data, 0) : -1;
+        if (id < 0 || !holds) {
+          stats.pagesWhole++;
+          raw();
+          return;
+        }
+        const name = this.parser.ramBlocks[block]!.name;
+        if (holds.has(id)) {
+          stats.pagesRef++;
+          this.writer.ref(name, offset, id, cont);
+        } else {
+          // Sent once whole and kept by the target: later pages with this content become references.
+          stats.pagesStored++;
+          holds.add(id);
+          this.writer.storePage(name, offset, id, data, 0, cont);
+        }
+      },
+    };
+  }
+
+  override _construct(cb: (err?: Error | null) => void): void {
+    loadXxhash().then(
+      (x) => {
+        this.hash = x.create64();
+        cb();
+      },
+      (e: unknown) => cb(e as Error),
+    );
+  }
+
+  override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
+    if (this.settled) return cb(new VmsError(ErrorCode.CONVERGE, `converge for VM ${this.opts.vm} already ended`));
+    try {
+      this.stats.streamBytes += chunk.length;
+      this.hash!.update(chunk);
+      this.parser.push(chunk);
+    } catch (e) {
+      this.abortWith(e);
+      return cb(e as Error);
+    }
+    this.afterDrain(cb);
+  }
+
+  override _final(cb: (err?: Error | null) => void): void {
+    try {
+      this.parser.end();
+      this.writer.flush();
+      this.put(encodeEndFrame(this.stats.streamBytes, this.hash!.digest()));
+    } catch (e) {
+      this.abortWith(e);
+      return cb(e as Error);
+    }
+    this.resultTimer = setTimeout(
+      () => this.settle(new VmsError(ErrorCode.TIMEOUT, `target did not report VM ${this.opts.vm} running within ${this.resultTimeoutMs} ms of the stream's end`)),
+      this.resultTimeoutMs,
+    );
+    this.afterDrain(cb);
+  }
+
+  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    if (err && !this.settled) this.abortWith(err);
+    cb(err);
+  }
+
+  /** Stop: tell the target to discard the VM. The source VM keeps running (caller's job). */
+  cancel(reason: string): void {
+    this.abortWith(new VmsError(ErrorCode.CANCELLED, reason));
+  }
+
+  private abortWith(e: unknown): void {
+    if (this.settled) return;
+    const err = isVmsError(e) ? e : new VmsError(ErrorCode.CONVERGE, String(e), { cause: e });
+    if (!this.socket.destroyed) {
+      this.socket.write(encodeFrame(FrameType.ABORT, Buffer.from(`${err.code}: ${err.message}`, 'utf8')));
+      this.socket.end();
+    }
+    this.settle(err);
+  }
+
+  private sendData(chunk: Buffer): void {
+    this.put(encodeFrameHeader(FrameType.DATA, chunk.length));
+    this.put(chunk);
+  }
+
+  private put(buf: Buffer): void {
+    this.stats.wireBytes += buf.length;
+    this.socket.write(buf);
+  }
+
+  private afterDrain(cb: (err?: Error | null) => void): void {
+    if (this.socket.writableNeedDrain) this.drainWaiter = cb;
+    else cb();
+  }
+
+  private onResult(r: ConvergeResult): void {
+    if (r.ok) this.settle(undefined, r);
+    else this.settle(new VmsError(ErrorCode.CONVERGE, `target failed VM ${this.opts.vm}: ${r.error ?? 'no reason given'}`));
+  }
+
+  private settle(err: Error | undefined, r?: ConvergeResult): void {
+    if (this.settled) return;
+    this.settled = true;
+    if (this.resultTimer) clearTimeout(this.resultTimer);
+    const w = this.drainWaiter;
+    this.drainWaiter = undefined;
+    w?.(err ?? null);
+    if (err) {
+      this.rejectResult(err);
+      if (!this.socket.destroyed) this.socket.destroy();
+    } else {
+      this.resolveResult(r!);
+      this.socket.end();
+    }
+  }
+}

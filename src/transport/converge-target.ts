@@ -1,0 +1,321 @@
+/**
+ * Target side of the converge channel: one accepted TCP connection = one VM being rebuilt.
+ *
+ * Expands references from the target's content store and writes a standard QEMU v3 stream to
+ * the VM's consumer (a simulated target, or a target QEMU's `-incoming`). The device-state tail
+ * is held back until the source's END frame proves the rebuilt stream is byte-identical to the
+ * original (length and xxh64): a consumer never sees a complete stream that is not exactly what
+ * the source sent, so a target never resumes a VM whose stream is incomplete or corrupted.
+ */
+import type { Duplex, Writable } from 'node:stream';
+import { ErrorCode, VmsError, isVmsError } from '../errors.js';
+import type { ContentStore } from '../memory/content-store.js';
+import { loadXxhash } from '../memory/xxhash.js';
+import type { XXHash } from 'xxhash-wasm';
+import {
+  CONVERGE_PROTOCOL_VERSION,
+  FrameDecoder,
+  FrameType,
+  decodeEnd,
+  decodeJson,
+  encodeJsonFrame,
+  type ConvergeResult,
+  type HelloFrame,
+} from '../wire/converge-frame.js';
+import { StreamParser, StreamWriter } from '../wire/qemu-stream.js';
+
+/** Where a rebuilt stream goes: a simulated target or a target QEMU. */
+export interface IncomingVm {
+  /** Receives a standard v3 stream; end() is called once it is complete and verified. */
+  stream: Writable;
+  /** Resolves when the VM runs on the target (epoch ms of the resume). Must reject on failure. */
+  done: Promise<{ resumedAtEpochMs: number }>;
+  /** Discard the VM: it must never resume. */
+  abort(err: Error): void;
+}
+
+export type IncomingFactory = (hello: HelloFrame) => IncomingVm | Promise<IncomingVm>;
+
+export interface ConvergeTargetOptions {
+  /** How long a reference may wait for its content to arrive on another connection. */
+  refTimeoutMs?: number;
+  /** Pause the socket when this many rebuilt bytes wait for the consumer. */
+  highWaterBytes?: number;
+}
+
+export interface ConvergeTargetStats {
+  vm: string;
+  wireBytes: number;
+  streamBytes: number;
+  pagesExpanded: number;
+  pagesStored: number;
+  refWaits: number;
+}
+
+type Pending = Buffer | { wait: Promise<Buffer>; id: number; block: string; offset: number; cont: boolean };
+
+export class ConvergeTargetConnection {
+  readonly stats: ConvergeTargetStats = { vm: '', wireBytes: 0, streamBytes: 0, pagesExpanded: 0, pagesStored: 0, refWaits: 0 };
+  /** Resolves when the VM resumed on this target; rejects when the connection failed. */
+  readonly result: Promise<ConvergeResult & { vm: string }>;
+
+  private readonly decoder: FrameDecoder;
+  private parser: StreamParser | undefined;
+  private writer: StreamWriter | undefined;
+  private consumer: IncomingVm | undefined;
+  private consumerReady: Promise<void> | undefined;
+  private hash: XXHash<bigint> | undefined;
+  private readonly queue: Pending[] = [];
+  private queuedBytes = 0;
+  private readonly heldTail: Buffer[] = [];
+  private pumping = false;
+  private pumpIdle: (() => void) | undefined;
+  private ended = false;
+  private failed = false;
+  private resolve!: (r: ConvergeResult & { vm: string }) => void;
+  private reject!: (e: Error) => void;
+  private readonly refTimeoutMs: number;
+  private readonly highWater: number;
+
+  constructor(
+    private readonly socket: Duplex,
+    private readonly store: ContentStore,
+    private readonly factory: IncomingFactory,
+    opts: ConvergeTargetOptions = {},
+  ) {
+    this.refTimeoutMs = opts.refTimeoutMs ?? 60_000;
+    this.highWater = opts.highWaterBytes ?? 8 * 1024 * 1024;
+    this.result = new Promise((res, rej) => {
+      this.resolve = res;
+      this.reject = rej;
+    });
+    this.result.catch(() => {});
+    this.decoder = new FrameDecoder((type, payload, offset) => this.onFrame(type, payload, offset));
+    socket.on('data', (chunk: Buffer) => {
+      this.stats.wireBytes += chunk.length;
+      try {
+        this.decoder.push(chunk);
+      } catch (e) {
+        this.fail(e);
+      }
+    });
+    socket.on('end', () => {
+      if (!this.ended) this.fail(new VmsError(ErrorCode.STREAM_TRUNCATED, `source closed the converge connection of VM ${this.stats.vm || '?'} before END: the VM is not migrated`));
+    });
+    socket.on('error', (e) => this.fail(new VmsError(ErrorCode.CONVERGE, `converge connection of VM ${this.stats.vm || '?'} failed: ${e.message}`, { cause: e })));
+    socket.on('close', () => {
+      if (!this.ended) this.fail(new VmsError(ErrorCode.CONVERGE, `converge connection of VM ${this.stats.vm || '?'} closed before END`));
+    });
+  }
+
+  private onFrame(type: FrameType, payload: Buffer, offset: number): void {
+    if (this.failed) return;
+    switch (type) {
+      case FrameType.HELLO: {
+        if (this.consumerReady) throw new VmsError(ErrorCode.CONVERGE, 'second HELLO on one converge connection');
+        const hello = decodeJson<HelloFrame>(payload, offset, 'HELLO');
+        if (typeof hello.vm !== 'string' || typeof hello.job !== 'string' || hello.version !== CONVERGE_PROTOCOL_VERSION)
+          throw new VmsError(ErrorCode.CONVERGE, `bad HELLO ${payload.toString('utf8').slice(0, 200)}: expected { job, vm, version: ${CONVERGE_PROTOCOL_VERSION} }`);
+        this.stats.vm = hello.vm;
+        this.writer = new StreamWriter((chunk) => this.enqueue(chunk));
+        this.parser = new StreamParser(this.expander(), { converge: true });
+        this.consumerReady = Promise.all([Promise.resolve(this.factory(hello)), loadXxhash()]).then(([c, x]) => {
+          this.consumer = c;
+          this.hash = x.create64();
+          c.stream.on('error', (e) => this.fail(e));
+          if (this.failed) c.abort(new VmsError(ErrorCode.CONVERGE, 'converge failed before the target was ready'));
+          else this.pump();
+        });
+        this.consumerReady.catch((e: unknown) => this.fail(e));
+        return;
+      }
+      case FrameType.DATA:
+        if (!this.parser) throw new VmsError(ErrorCode.CONVERGE, 'DATA before HELLO');
+        this.parser.push(payload);
+        return;
+      case FrameType.END: {
+        if (!this.parser || !this.writer) throw new VmsError(ErrorCode.CONVERGE, 'END before HELLO');
+        const end = decodeEnd(payload, offset);
+        this.parser.end();
+        this.writer.flush();
+        this.ended = true;
+        void this.finish(end.streamBytes, end.xxh64).catch((e: unknown) => this.fail(e));
+        return;
+      }
+      case FrameType.ABORT:
+        this.fail(new VmsError(ErrorCode.CANCELLED, `source aborted VM ${this.stats.vm}: ${payload.toString('utf8')}`));
+        return;
+      default:
+        throw new VmsError(ErrorCode.CONVERGE, `unexpected frame type ${type} from the source`);
+    }
+  }
+
+  private expander() {
+    const store = this.store;
+    const stats = this.stats;
+    const raw = (): void => this.writer!.raw(this.parser!.record);
+    return {
+      preamble: raw,
+      section: raw,
+      memSize: raw,
+      zero: raw,
+      eos: raw,
+      footer: raw,
+      page: (block: number, offset: number, data: Buffer, cont: boolean, storeId: number) => {
+        if (storeId < 0) return raw();
+        store.put(storeId, data);
+        stats.pagesStored++;
+        this.writer!.page(this.parser!.ramBlocks[block]!.name, offset, data, 0, cont);
+      },
+      ref: (block: number, offset: number, id: number, cont: boolean) => {
+        const name = this.parser!.ramBlocks[block]!.name;
+        const page = store.get(id);
+        stats.pagesExpanded++;
+        if (page) return this.writer!.page(name, offset, page, 0, cont);
+        // The content is in flight on another VM's connection to this target: keep order, wait.
+        stats.refWaits++;
+        this.writer!.flush();
+        this.queue.push({ wait: store.whenStored(id), id, block: name, offset, cont });
+        this.pump();
+      },
+      deviceTail: (chunk: Buffer) => {
+        // Everything before the tail must be queued first, then the tail is held until END.
+        this.writer!.flush();
+        this.heldTail.push(chunk);
+      },
+    };
+  }
+
+  private enqueue(chunk: Buffer): void {
+    this.queue.push(chunk);
+    this.queuedBytes += chunk.length;
+    if (this.queuedBytes > this.highWater && !this.socket.isPaused()) this.socket.pause();
+    this.pump();
+  }
+
+  /** Writes queued chunks to the consumer in order, expanding waited references. */
+  private pump(): void {
+    if (this.pumping || !this.consumer || this.failed) return;
+    this.pumping = true;
+    void this.drainQueue()
+      .catch((e: unknown) => this.fail(e))
+      .finally(() => {
+        this.pumping = false;
+        const idle = this.pumpIdle;
+        this.pumpIdle = undefined;
+        idle?.();
+      });
+  }
+
+  private async drainQueue(): Promise<void> {
+    const out = this.consumer!.stream;
+    while (this.queue.length > 0 && !this.failed) {
+      const item = this.queue.shift()!;
+      let buf: Buffer;
+      if (Buffer.isBuffer(item)) {
+        buf = item;
+        this.queuedBytes -= buf.length;
+      } else {
+        const page = await withTimeout(item.wait, this.refTimeoutMs, () =>
+          new VmsError(ErrorCode.CONVERGE, `content ${item.id} referenced by VM ${this.stats.vm} never arrived at this target within ${this.refTimeoutMs} ms`),
+        );
+        buf = encodeOnePage(item.block, item.offset, page, item.cont);
+      }
+      this.write(out, buf);
+      if (out.writableNeedDrain) await onceDrain(out);
+      if (this.queuedBytes < this.highWater >>> 1 && this.socket.isPaused() && !this.failed) this.socket.resume();
+    }
+  }
+
+  private write(out: Writable, buf: Buffer): void {
+    this.hash!.update(buf);
+    this.stats.streamBytes += buf.length;
+    out.write(buf);
+  }
+
+  private async finish(expectedBytes: number, expectedHash: bigint): Promise<void> {
+    await this.consumerReady;
+    while (this.pumping || this.queue.length > 0) {
+      if (this.failed) return;
+      await new Promise<void>((r) => {
+        this.pumpIdle = r;
+        this.pump();
+      });
+    }
+    if (this.failed) return;
+    let tailBytes = 0;
+    for (const t of this.heldTail) {
+      this.hash!.update(t);
+      tailBytes += t.length;
+    }
+    const total = this.stats.streamBytes + tailBytes;
+    const digest = this.hash!.digest();
+    if (total !== expectedBytes || digest !== expectedHash)
+      throw new VmsError(
+        ErrorCode.VERIFY,
+        `rebuilt stream of VM ${this.stats.vm} differs from the source's: ${total} bytes xxh64 ${digest.toString(16)}, source sent ${expectedBytes} bytes xxh64 ${expectedHash.toString(16)}; the VM is not resumed`,
+      );
+    const out = this.consumer!.stream;
+    for (const t of this.heldTail) {
+      this.stats.streamBytes += t.length;
+      out.write(t);
+    }
+    out.end();
+    const { resumedAtEpochMs } = await this.consumer!.done;
+    const result: ConvergeResult & { vm: string } = { vm: this.stats.vm, ok: true, streamBytes: this.stats.streamBytes, resumedAtEpochMs };
+    this.socket.write(encodeJsonFrame(FrameType.RESULT, result));
+    this.socket.end();
+    this.resolve(result);
+  }
+
+  private fail(e: unknown): void {
+    if (this.failed) return;
+    this.failed = true;
+    this.ended = true;
+    const err = isVmsError(e) ? e : new VmsError(ErrorCode.CONVERGE, e instanceof Error ? e.message : String(e), { cause: e });
+    this.consumer?.abort(err);
+    this.heldTail.length = 0;
+    this.queue.length = 0;
+    const idle = this.pumpIdle;
+    this.pumpIdle = undefined;
+    idle?.();
+    if (!this.socket.destroyed) {
+      const r: ConvergeResult = { ok: false, error: err.message, code: err.code, streamBytes: this.stats.streamBytes };
+      this.socket.end(encodeJsonFrame(FrameType.RESULT, r));
+    }
+    this.reject(err);
+  }
+}
+
+function encodeOnePage(block: string, offset: number, page: Buffer, cont: boolean): Buffer {
+  let out: Buffer | undefined;
+  const w = new StreamWriter((c) => (out = c), 4096 + 300);
+  w.page(block, offset, page, 0, cont);
+  w.flush();
+  return out!;
+}
+
+function onceDrain(s: Writable): Promise<void> {
+  return new Promise((resolve) => {
+    const done = (): void => {
+      s.off('drain', done);
+      s.off('close', done);
+      s.off('error', done);
+      resolve();
+    };
+    s.on('drain', done);
+    s.on('close', done);
+    s.on('error', done);
+  });
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number, err: () => Error): Promise<T> {
+  let t: NodeJS.Timeout | undefined;
+  return Promise.race([
+    p,
+    new Promise<T>((_, rej) => {
+      t = setTimeout(() => rej(err()), ms);
+    }),
+  ]).finally(() => clearTimeout(t));
+}
+
