@@ -11,7 +11,6 @@ export class ContentStore {
   private readonly slabs: Buffer[] = [];
   private slotOf: Int32Array; // content id -> slot, -1 when absent
   private used = 0;
-  private readonly waiters = new Map<number, Array<(page: Buffer) => void>>();
 
   constructor(expectedIds = 1024) {
     this.slotOf = new Int32Array(Math.max(16, expectedIds)).fill(-1);
@@ -43,11 +42,6 @@ export class ContentStore {
     const dst = this.view(slot);
     page.copy(dst, 0, off, off + PAGE_SIZE);
     this.slotOf[id] = slot;
-    const w = this.waiters.get(id);
-    if (w) {
-      this.waiters.delete(id);
-      for (const fn of w) fn(dst);
-    }
     return true;
   }
 
@@ -57,20 +51,6 @@ export class ContentStore {
     let n = 0;
     for (let id = 0; id < this.slotOf.length; id++) if ((this.slotOf[id] ?? -1) >= 0) out[n++] = id;
     return out;
-  }
-
-  /**
-   * Resolve when `id` is stored. Used by the converge target when a reference arrives on one
-   * connection before the page it names has been parsed from another.
-   */
-  whenStored(id: number): Promise<Buffer> {
-    const have = this.get(id);
-    if (have) return Promise.resolve(have);
-    return new Promise((resolve) => {
-      const list = this.waiters.get(id);
-      if (list) list.push(resolve);
-      else this.waiters.set(id, [resolve]);
-    });
   }
 
   private view(slot: number): Buffer {

@@ -7,7 +7,7 @@
  */
 import { Writable, type Duplex } from 'node:stream';
 import { ErrorCode, VmsError, isVmsError } from '../errors.js';
-import type { ContentSet } from '../memory/content-set.js';
+import { ContentSet } from '../memory/content-set.js';
 import type { XXHash } from 'xxhash-wasm';
 import { loadXxhash } from '../memory/xxhash.js';
 import {
@@ -15,6 +15,7 @@ import {
   FrameDecoder,
   FrameType,
   decodeJson,
+  decodeStored,
   encodeEndFrame,
   encodeFrame,
   encodeFrameHeader,
@@ -36,7 +37,7 @@ export interface ConvergeSourceOptions {
   vm: string;
   /** Content identity; without it every page goes whole (plain migration through the proxy). */
   contents?: ContentLookup;
-  /** What the target is known to hold; pages sent with STORE are added as they go. */
+  /** What the target is known to hold: filled by scatter reports and by the target's STORED acks. */
   holds?: ContentSet;
   /** How long to wait for the target's RESULT after END. */
   resultTimeoutMs?: number;
@@ -69,7 +70,7 @@ export class ConvergeSource extends Writable {
   private readonly resultTimeoutMs: number;
 
   constructor(private readonly opts: ConvergeSourceOptions) {
-    super({ highWaterMark: 1024 * 1024 });
+    super({ highWaterMark: 256 * 1024 });
     this.socket = opts.socket;
     this.resultTimeoutMs = opts.resultTimeoutMs ?? 120_000;
     this.result = new Promise((res, rej) => {
@@ -83,7 +84,9 @@ export class ConvergeSource extends Writable {
     this.parser = new StreamParser(this.rewriter(), {});
 
     const decoder = new FrameDecoder((type, payload, offset) => {
-      if (type === FrameType.RESULT) this.onResult(decodeJson<ConvergeResult>(payload, offset, 'RESULT'));
+      if (type === FrameType.STORED) {
+        if (opts.holds) for (const id of decodeStored(payload, offset)) opts.holds.add(id);
+      } else if (type === FrameType.RESULT) this.onResult(decodeJson<ConvergeResult>(payload, offset, 'RESULT'));
       else if (type === FrameType.ABORT) this.settle(new VmsError(ErrorCode.CONVERGE, `target aborted VM ${opts.vm}: ${payload.toString('utf8')}`));
       else throw new VmsError(ErrorCode.CONVERGE, `unexpected frame type ${type} from the target`);
     });
@@ -109,6 +112,9 @@ export class ConvergeSource extends Writable {
   private rewriter(): StreamHandler {
     const lookup = this.opts.contents;
     const holds = this.opts.holds;
+    // Contents stored through this connection: the target has them before it parses anything
+    // that follows on the same connection, so they can be referenced at once.
+    const storedHere = new ContentSet(1024);
     const stats = this.stats;
     const raw = (): void => this.writer.raw(this.parser.record);
     return {
@@ -127,13 +133,14 @@ export class ConvergeSource extends Writable {
           return;
         }
         const name = this.parser.ramBlocks[block]!.name;
-        if (holds.has(id)) {
+        if (holds.has(id) || storedHere.has(id)) {
           stats.pagesRef++;
           this.writer.ref(name, offset, id, cont);
         } else {
-          // Sent once whole and kept by the target: later pages with this content become references.
+          // Sent whole once and kept by the target, which acknowledges it (STORED): later pages
+          // with this content, from any VM going to this target, become references.
           stats.pagesStored++;
-          holds.add(id);
+          storedHere.add(id);
           this.writer.storePage(name, offset, id, data, 0, cont);
         }
       },

@@ -1,7 +1,8 @@
 /**
  * Target side of the converge channel: one accepted TCP connection = one VM being rebuilt.
  *
- * Expands references from the target's content store and writes a standard QEMU v3 stream to
+ * Expands references from the target's content store, acknowledges the pages it stores (STORED),
+ * and writes a standard QEMU v3 stream to
  * the VM's consumer (a simulated target, or a target QEMU's `-incoming`). The device-state tail
  * is held back until the source's END frame proves the rebuilt stream is byte-identical to the
  * original (length and xxh64): a consumer never sees a complete stream that is not exactly what
@@ -19,6 +20,7 @@ import {
   decodeEnd,
   decodeJson,
   encodeJsonFrame,
+  encodeStoredFrame,
   type ConvergeResult,
   type HelloFrame,
 } from '../wire/converge-frame.js';
@@ -37,8 +39,6 @@ export interface IncomingVm {
 export type IncomingFactory = (hello: HelloFrame) => IncomingVm | Promise<IncomingVm>;
 
 export interface ConvergeTargetOptions {
-  /** How long a reference may wait for its content to arrive on another connection. */
-  refTimeoutMs?: number;
   /** Pause the socket when this many rebuilt bytes wait for the consumer. */
   highWaterBytes?: number;
 }
@@ -49,13 +49,10 @@ export interface ConvergeTargetStats {
   streamBytes: number;
   pagesExpanded: number;
   pagesStored: number;
-  refWaits: number;
 }
 
-type Pending = Buffer | { wait: Promise<Buffer>; id: number; block: string; offset: number; cont: boolean };
-
 export class ConvergeTargetConnection {
-  readonly stats: ConvergeTargetStats = { vm: '', wireBytes: 0, streamBytes: 0, pagesExpanded: 0, pagesStored: 0, refWaits: 0 };
+  readonly stats: ConvergeTargetStats = { vm: '', wireBytes: 0, streamBytes: 0, pagesExpanded: 0, pagesStored: 0 };
   /** Resolves when the VM resumed on this target; rejects when the connection failed. */
   readonly result: Promise<ConvergeResult & { vm: string }>;
 
@@ -65,7 +62,8 @@ export class ConvergeTargetConnection {
   private consumer: IncomingVm | undefined;
   private consumerReady: Promise<void> | undefined;
   private hash: XXHash<bigint> | undefined;
-  private readonly queue: Pending[] = [];
+  private readonly queue: Buffer[] = [];
+  private readonly acks: number[] = [];
   private queuedBytes = 0;
   private readonly heldTail: Buffer[] = [];
   private pumping = false;
@@ -74,7 +72,6 @@ export class ConvergeTargetConnection {
   private failed = false;
   private resolve!: (r: ConvergeResult & { vm: string }) => void;
   private reject!: (e: Error) => void;
-  private readonly refTimeoutMs: number;
   private readonly highWater: number;
 
   constructor(
@@ -83,8 +80,7 @@ export class ConvergeTargetConnection {
     private readonly factory: IncomingFactory,
     opts: ConvergeTargetOptions = {},
   ) {
-    this.refTimeoutMs = opts.refTimeoutMs ?? 60_000;
-    this.highWater = opts.highWaterBytes ?? 8 * 1024 * 1024;
+    this.highWater = opts.highWaterBytes ?? 1024 * 1024;
     this.result = new Promise((res, rej) => {
       this.resolve = res;
       this.reject = rej;
@@ -121,6 +117,7 @@ export class ConvergeTargetConnection {
         this.parser = new StreamParser(this.expander(), { converge: true });
         this.consumerReady = Promise.all([Promise.resolve(this.factory(hello)), loadXxhash()]).then(([c, x]) => {
           this.consumer = c;
+          c.done.catch(() => {}); // observed in finish(); a failure before that is ours, not the consumer's
           this.hash = x.create64();
           c.stream.on('error', (e) => this.fail(e));
           if (this.failed) c.abort(new VmsError(ErrorCode.CONVERGE, 'converge failed before the target was ready'));
@@ -132,6 +129,10 @@ export class ConvergeTargetConnection {
       case FrameType.DATA:
         if (!this.parser) throw new VmsError(ErrorCode.CONVERGE, 'DATA before HELLO');
         this.parser.push(payload);
+        if (this.acks.length > 0) {
+          this.socket.write(encodeStoredFrame(this.acks));
+          this.acks.length = 0;
+        }
         return;
       case FrameType.END: {
         if (!this.parser || !this.writer) throw new VmsError(ErrorCode.CONVERGE, 'END before HELLO');
@@ -164,19 +165,17 @@ export class ConvergeTargetConnection {
       page: (block: number, offset: number, data: Buffer, cont: boolean, storeId: number) => {
         if (storeId < 0) return raw();
         store.put(storeId, data);
+        this.acks.push(storeId);
         stats.pagesStored++;
         this.writer!.page(this.parser!.ramBlocks[block]!.name, offset, data, 0, cont);
       },
       ref: (block: number, offset: number, id: number, cont: boolean) => {
-        const name = this.parser!.ramBlocks[block]!.name;
         const page = store.get(id);
+        // The source references only what this target acknowledged or what came earlier on
+        // this connection: a miss is a protocol violation, never a reason to guess.
+        if (!page) throw new VmsError(ErrorCode.CONVERGE, `VM ${stats.vm}: reference to content ${id}, which this target does not hold`);
         stats.pagesExpanded++;
-        if (page) return this.writer!.page(name, offset, page, 0, cont);
-        // The content is in flight on another VM's connection to this target: keep order, wait.
-        stats.refWaits++;
-        this.writer!.flush();
-        this.queue.push({ wait: store.whenStored(id), id, block: name, offset, cont });
-        this.pump();
+        this.writer!.page(this.parser!.ramBlocks[block]!.name, offset, page, 0, cont);
       },
       deviceTail: (chunk: Buffer) => {
         // Everything before the tail must be queued first, then the tail is held until END.
@@ -193,7 +192,7 @@ export class ConvergeTargetConnection {
     this.pump();
   }
 
-  /** Writes queued chunks to the consumer in order, expanding waited references. */
+  /** Writes queued chunks to the consumer in order, with the consumer's backpressure. */
   private pump(): void {
     if (this.pumping || !this.consumer || this.failed) return;
     this.pumping = true;
@@ -210,17 +209,8 @@ export class ConvergeTargetConnection {
   private async drainQueue(): Promise<void> {
     const out = this.consumer!.stream;
     while (this.queue.length > 0 && !this.failed) {
-      const item = this.queue.shift()!;
-      let buf: Buffer;
-      if (Buffer.isBuffer(item)) {
-        buf = item;
-        this.queuedBytes -= buf.length;
-      } else {
-        const page = await withTimeout(item.wait, this.refTimeoutMs, () =>
-          new VmsError(ErrorCode.CONVERGE, `content ${item.id} referenced by VM ${this.stats.vm} never arrived at this target within ${this.refTimeoutMs} ms`),
-        );
-        buf = encodeOnePage(item.block, item.offset, page, item.cont);
-      }
+      const buf = this.queue.shift()!;
+      this.queuedBytes -= buf.length;
       this.write(out, buf);
       if (out.writableNeedDrain) await onceDrain(out);
       if (this.queuedBytes < this.highWater >>> 1 && this.socket.isPaused() && !this.failed) this.socket.resume();
@@ -287,14 +277,6 @@ export class ConvergeTargetConnection {
   }
 }
 
-function encodeOnePage(block: string, offset: number, page: Buffer, cont: boolean): Buffer {
-  let out: Buffer | undefined;
-  const w = new StreamWriter((c) => (out = c), 4096 + 300);
-  w.page(block, offset, page, 0, cont);
-  w.flush();
-  return out!;
-}
-
 function onceDrain(s: Writable): Promise<void> {
   return new Promise((resolve) => {
     const done = (): void => {
@@ -308,14 +290,3 @@ function onceDrain(s: Writable): Promise<void> {
     s.on('error', done);
   });
 }
-
-function withTimeout<T>(p: Promise<T>, ms: number, err: () => Error): Promise<T> {
-  let t: NodeJS.Timeout | undefined;
-  return Promise.race([
-    p,
-    new Promise<T>((_, rej) => {
-      t = setTimeout(() => rej(err()), ms);
-    }),
-  ]).finally(() => clearTimeout(t));
-}
-

@@ -9,6 +9,9 @@
  * END:  be64 length and be64 xxh64 of the ORIGINAL stream: the target checks that what it
  *       rebuilt is exactly what the source QEMU sent before it releases the last bytes.
  * ABORT (either way): UTF-8 reason; the VM is not migrated.
+ * STORED (target -> source): be32 content ids the target has just stored from STORE records.
+ *       The source learns that a target holds a content only from these acknowledgements (or
+ *       from scatter reports), so a reference never reaches a target before its content does.
  * RESULT (target -> source, last): JSON ConvergeResult.
  *
  * The decoder is a small state machine that returns early until a whole frame has arrived.
@@ -21,6 +24,7 @@ export const FrameType = {
   END: 3,
   ABORT: 4,
   RESULT: 5,
+  STORED: 6,
 } as const;
 export type FrameType = (typeof FrameType)[keyof typeof FrameType];
 
@@ -76,6 +80,21 @@ export function encodeEndFrame(streamBytes: number, xxh64: bigint): Buffer {
   return f;
 }
 
+export function encodeStoredFrame(ids: readonly number[]): Buffer {
+  const f = Buffer.allocUnsafe(FRAME_HEADER + 4 * ids.length);
+  f[0] = FrameType.STORED;
+  f.writeUInt32BE(4 * ids.length, 1);
+  for (let i = 0; i < ids.length; i++) f.writeUInt32BE(ids[i]!, FRAME_HEADER + 4 * i);
+  return f;
+}
+
+export function decodeStored(payload: Buffer, offset: number): Uint32Array {
+  if (payload.length % 4 !== 0) throw new StreamError(ErrorCode.STREAM_MALFORMED, offset, `STORED frame of ${payload.length} bytes; expected a multiple of 4`);
+  const ids = new Uint32Array(payload.length / 4);
+  for (let i = 0; i < ids.length; i++) ids[i] = payload.readUInt32BE(4 * i);
+  return ids;
+}
+
 export function decodeEnd(payload: Buffer, offset: number): { streamBytes: number; xxh64: bigint } {
   if (payload.length !== 16) throw new StreamError(ErrorCode.STREAM_MALFORMED, offset, `END frame of ${payload.length} bytes; expected 16`);
   return { streamBytes: Number(payload.readBigUInt64BE(0)), xxh64: payload.readBigUInt64BE(8) };
@@ -110,8 +129,11 @@ export class FrameDecoder {
     if (this.failure) throw this.failure;
     let buf: Buffer;
     if (this.pendingBytes > 0) {
+      // Join only once the whole pending frame is here: no quadratic re-copying of big frames.
       this.pending.push(chunk);
-      buf = Buffer.concat(this.pending, this.pendingBytes + chunk.length);
+      this.pendingBytes += chunk.length;
+      if (this.pendingBytes < this.needed()) return;
+      buf = Buffer.concat(this.pending, this.pendingBytes);
       this.pending = [];
       this.pendingBytes = 0;
     } else buf = chunk;
@@ -119,7 +141,7 @@ export class FrameDecoder {
     while (buf.length - pos >= FRAME_HEADER) {
       const type = buf[pos]!;
       const len = buf.readUInt32BE(pos + 1);
-      if (type < FrameType.HELLO || type > FrameType.RESULT)
+      if (type < FrameType.HELLO || type > FrameType.STORED)
         this.fail(new StreamError(ErrorCode.STREAM_MALFORMED, this.consumed + pos, `unknown converge frame type ${type}`));
       if (len > MAX_FRAME_PAYLOAD)
         this.fail(new StreamError(ErrorCode.STREAM_MALFORMED, this.consumed + pos, `converge frame of ${len} bytes exceeds ${MAX_FRAME_PAYLOAD}`));
@@ -139,6 +161,15 @@ export class FrameDecoder {
       this.pending.push(rest);
       this.pendingBytes = rest.length;
     }
+  }
+
+  /** Bytes the pending frame needs in all (header first, then header + payload). */
+  private needed(): number {
+    if (this.pendingBytes < FRAME_HEADER) return FRAME_HEADER;
+    const first = this.pending[0]!;
+    if (first.length >= FRAME_HEADER) return FRAME_HEADER + first.readUInt32BE(1);
+    const head = Buffer.concat(this.pending, this.pendingBytes).subarray(0, FRAME_HEADER);
+    return FRAME_HEADER + head.readUInt32BE(1);
   }
 
   /** The connection ended: an incomplete frame is a truncation. */

@@ -105,6 +105,9 @@ const State = {
 } as const;
 type State = (typeof State)[keyof typeof State];
 
+/** Bytes of a new chunk joined to a record that straddles chunks (a page record and then some). */
+const SPLICE_BYTES = 8192;
+
 /** Marker thrown internally when more bytes are needed; never escapes push(). */
 const NEED_MORE = Symbol('need-more');
 
@@ -126,6 +129,8 @@ export class StreamParser {
   private ignoreShared = false;
   private sawMemSize = false;
   private recStart = 0;
+  /** While completing a record that straddled two chunks: stop at the first boundary past this. */
+  private stopAt = Infinity;
   private readonly converge: boolean;
   /** Information from the header and configuration, once parsed. */
   info: StreamInfo = { version: 0, machine: '', capabilities: [] };
@@ -163,21 +168,50 @@ export class StreamParser {
       this.handler.deviceTail?.(chunk);
       return;
     }
-    const rest = this.buf.length - this.pos;
-    if (rest > 0) {
-      this.base += this.pos;
-      this.buf = Buffer.concat([this.buf.subarray(this.pos), chunk], rest + chunk.length);
-    } else {
+    const restLen = this.buf.length - this.pos;
+    if (restLen === 0) {
       this.base += this.buf.length;
       this.buf = chunk;
+      this.pos = 0;
+      this.parse();
+      return;
     }
+    // A record straddles the chunk boundary. Complete it from a small splice of the chunk's head
+    // rather than copying the whole chunk, then go on parsing in the chunk itself.
+    const rest = this.buf.subarray(this.pos);
+    this.base += this.pos;
+    const head = Math.min(chunk.length, SPLICE_BYTES);
+    this.buf = Buffer.concat([rest, chunk.subarray(0, head)], restLen + head);
     this.pos = 0;
+    if (head < chunk.length) {
+      this.stopAt = restLen;
+      const done = this.parse();
+      this.stopAt = Infinity;
+      if (this.failure) return;
+      if (!done) {
+        // The straddling record is larger than the splice (e.g. a long MEM_SIZE): join it all.
+        this.buf = Buffer.concat([this.buf.subarray(0, restLen), chunk], restLen + chunk.length);
+        this.parse();
+        return;
+      }
+      // Continue in the chunk itself from where the splice left off.
+      const at = this.pos - restLen;
+      this.base += restLen;
+      this.buf = chunk;
+      this.pos = at;
+    }
+    this.parse();
+  }
+
+  /** Runs the state machine; false when it stopped for want of bytes before `stopAt`. */
+  private parse(): boolean {
     try {
       this.run();
+      return true;
     } catch (e) {
       if (e === NEED_MORE) {
         this.pos = this.recStart;
-        return;
+        return false;
       }
       this.fail(e);
     }
@@ -234,7 +268,7 @@ export class StreamParser {
   private run(): void {
     for (;;) {
       this.recStart = this.pos;
-      if (this.pos >= this.buf.length) return;
+      if (this.pos >= this.buf.length || this.pos >= this.stopAt) return;
       switch (this.state) {
         case State.HEADER:
           // Header and configuration form one record, so that `record` covers both.
@@ -246,13 +280,13 @@ export class StreamParser {
           break;
         case State.TOP:
           this.parseTop();
-          if ((this.state as State) === State.TAIL) {
-            const tail = this.buf.subarray(this.pos);
-            this.pos = this.buf.length;
-            this.handler.deviceTail?.(tail);
-            return;
-          }
           break;
+        case State.TAIL: {
+          const tail = this.buf.subarray(this.pos);
+          this.pos = this.buf.length;
+          this.handler.deviceTail?.(tail);
+          return;
+        }
         case State.RAM_RECORDS:
           this.parseRamRecord();
           break;

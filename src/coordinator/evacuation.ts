@@ -1,0 +1,263 @@
+/**
+ * One evacuation, phase by phase (DESIGN.md): collect -> plan -> scatter -> converge -> verify.
+ * The phases are seams: the planner, the scatter and how a VM is verified are passed in, so the
+ * same driver runs simulated VMs in one process and real agents across hosts.
+ */
+import type { Logger } from 'pino';
+import { ErrorCode, VmsError } from '../errors.js';
+import { ContentIndex, type IndexStats, type VmScan } from '../memory/content-index.js';
+import { ContentSet } from '../memory/content-set.js';
+import type { FleetTarget, FleetVm, Plan } from '../plan/types.js';
+import { migrateVm, type VmMigrationReport } from '../agent/source-agent.js';
+import type { SourceVm } from '../agent/source-vm.js';
+import { Phase, type EventSink } from './events.js';
+
+export interface EvacuationTarget {
+  name: string;
+  capacityBytes: number;
+  maxVms?: number;
+  /** Where the target agent accepts converge connections. */
+  host: string;
+  port: number;
+}
+
+/** Decides where each VM goes and which multicast groups exist (src/plan). */
+export type Planner = (fleet: FleetVm[], targets: FleetTarget[]) => Plan;
+
+export interface ScatterOutcome {
+  /** Per target index: content ids the target reported holding. The only source of truth. */
+  held: Uint32Array[];
+  bytesSent: number;
+  datagrams: number;
+  repairs: number;
+  /** Human-readable notes (e.g. IGMP check skipped). */
+  notes: string[];
+}
+
+/** Warms the targets' content stores by multicast (src/transport/scatter.ts). */
+export type ScatterRunner = (plan: Plan, index: ContentIndex, signal: AbortSignal) => Promise<ScatterOutcome>;
+
+export type VmVerifier = (vm: SourceVm, report: VmMigrationReport) => Promise<{ verified: boolean; detail?: string }>;
+
+export interface EvacuationInput {
+  job: string;
+  vms: SourceVm[];
+  targets: EvacuationTarget[];
+  planner: Planner;
+  scatter?: ScatterRunner;
+  verify?: VmVerifier;
+  parallel: number;
+  onEvent?: EventSink;
+  logger?: Logger;
+  signal?: AbortSignal;
+}
+
+export interface VmOutcome {
+  name: string;
+  target: string;
+  ok: boolean;
+  error?: string;
+  rounds: number;
+  forced: boolean;
+  downtimeMs: number;
+  /** Bytes this VM's converge connection put on the wire. */
+  wireBytes: number;
+  /** Bytes of the VM's own migration stream: what plain QEMU migration sends. */
+  plainBytes: number;
+  pagesWhole: number;
+  pagesStored: number;
+  pagesRef: number;
+  verified: boolean;
+  verifyDetail?: string;
+}
+
+export interface EvacuationReport {
+  job: string;
+  ok: boolean;
+  vms: VmOutcome[];
+  targets: Array<{ name: string; vms: string[]; contentsHeldAfterScatter: number }>;
+  bytes: {
+    /** Everything sent by the source: converge connections + multicast datagrams. */
+    wire: number;
+    converge: number;
+    scatter: number;
+    /** What plain QEMU migration of the same VMs sends (their own streams). */
+    plainQemu: number;
+  };
+  phasesMs: Partial<Record<Phase, number>>;
+  index: IndexStats;
+  plan: Plan['predicted'] & { groups: number };
+  scatter?: Omit<ScatterOutcome, 'held'>;
+}
+
+export async function runEvacuation(input: EvacuationInput): Promise<EvacuationReport> {
+  const emit: EventSink = input.onEvent ?? (() => {});
+  const log = input.logger?.child({ job: input.job });
+  const signal = input.signal ?? new AbortController().signal;
+  const phasesMs: Partial<Record<Phase, number>> = {};
+  const timed = async <T>(phase: Phase, fn: () => Promise<T> | T, detail?: (r: T) => string): Promise<T> => {
+    if (signal.aborted) throw new VmsError(ErrorCode.CANCELLED, `job ${input.job} cancelled before ${phase}`);
+    emit({ type: 'phase', phase, state: 'start' });
+    const t0 = performance.now();
+    const r = await fn();
+    const ms = performance.now() - t0;
+    phasesMs[phase] = ms;
+    const d = detail?.(r);
+    emit({ type: 'phase', phase, state: 'end', ms, ...(d ? { detail: d } : {}) });
+    log?.info({ phase, ms: Math.round(ms) }, 'phase done');
+    return r;
+  };
+  if (input.vms.length === 0) throw new VmsError(ErrorCode.CONFIG, 'nothing to migrate: the VM list is empty');
+  if (input.targets.length === 0) throw new VmsError(ErrorCode.CONFIG, 'no target hosts given');
+
+  // 1. Collect: scan every VM's RAM into one content index.
+  const totalPages = input.vms.reduce((s, v) => s + v.ram.pageCount, 0);
+  const { index, scans } = await timed(
+    Phase.COLLECT,
+    async () => {
+      const index = await ContentIndex.create({ expectedPages: totalPages });
+      const scans: VmScan[] = [];
+      let before = 0;
+      for (const vm of input.vms) {
+        scans.push(index.addVm(vm.name, vm.ram, (done) => emit({ type: 'progress', phase: Phase.COLLECT, key: 'all', done: before + done, total: totalPages, unit: 'pages' })));
+        before += vm.ram.pageCount;
+        emit({ type: 'progress', phase: Phase.COLLECT, key: 'all', done: before, total: totalPages, unit: 'pages' });
+        await new Promise((r) => setImmediate(r)); // let progress and signals through between VMs
+      }
+      return { index, scans };
+    },
+    (r) => `${r.index.stats().distinct} distinct contents, ${r.index.stats().sharedAcrossVms} shared across VMs`,
+  );
+
+  // 2. Plan: placement, groups, schedule.
+  const fleet: FleetVm[] = input.vms.map((vm, i) => ({
+    name: vm.name,
+    memoryBytes: vm.memoryBytes,
+    contents: scans[i]!.distinct,
+    nonZeroPages: scans[i]!.pages - scans[i]!.zeroPages,
+  }));
+  const fleetTargets: FleetTarget[] = input.targets.map((t) => ({ name: t.name, capacityBytes: t.capacityBytes, ...(t.maxVms !== undefined ? { maxVms: t.maxVms } : {}) }));
+  const plan = await timed(Phase.PLAN, () => input.planner(fleet, fleetTargets), (p) => `${p.groups.length} groups`);
+  const targetOf = (vm: string): EvacuationTarget => {
+    const t = plan.assignment[vm];
+    const target = t === undefined ? undefined : input.targets.find((x) => x.name === plan.targets[t]);
+    if (!target) throw new VmsError(ErrorCode.PLAN, `the plan places no target for VM ${vm}`);
+    return target;
+  };
+
+  // 3. Scatter: warm the targets' stores. Knowledge of holdings comes only from their reports.
+  const holds = input.targets.map(() => new ContentSet(index.contentCount));
+  let scatter: ScatterOutcome | undefined;
+  if (input.scatter) {
+    const run = input.scatter;
+    scatter = await timed(
+      Phase.SCATTER,
+      () => run(plan, index, signal),
+      (s) => `${(s.bytesSent / 1e6).toFixed(1)} MB multicast, ${s.repairs} repairs`,
+    );
+    scatter.held.forEach((ids, t) => {
+      const name = plan.targets[t];
+      const idx = input.targets.findIndex((x) => x.name === name);
+      if (idx >= 0) holds[idx]!.addAll(ids);
+    });
+  } else emit({ type: 'phase', phase: Phase.SCATTER, state: 'skipped' });
+
+  // 4. Converge: every VM's own pre-copy through its converge channel, `parallel` at a time.
+  const reports = new Map<string, VmMigrationReport>();
+  const failures = new Map<string, string>();
+  await timed(
+    Phase.CONVERGE,
+    async () => {
+      const queue = [...input.vms];
+      const worker = async (): Promise<void> => {
+        for (let vm = queue.shift(); vm; vm = queue.shift()) {
+          const target = targetOf(vm.name);
+          const holdSet = holds[input.targets.indexOf(target)]!;
+          emit({ type: 'vm', vm: vm.name, state: 'migrating', target: target.name });
+          const total = vm.memoryBytes;
+          try {
+            const r = await migrateVm({
+              vm,
+              target,
+              job: input.job,
+              contents: index,
+              holds: holdSet,
+              signal,
+              ...(log ? { logger: log } : {}),
+              onStats: (s) => emit({ type: 'progress', phase: Phase.CONVERGE, key: vm.name, done: Math.min(s.streamBytes, total), total, unit: 'bytes' }),
+            });
+            reports.set(vm.name, r);
+            emit({ type: 'vm', vm: vm.name, state: 'resumed', target: target.name, detail: `downtime ${r.downtimeMs.toFixed(1)} ms` });
+          } catch (e) {
+            failures.set(vm.name, (e as Error).message);
+            emit({ type: 'vm', vm: vm.name, state: 'failed', target: target.name, detail: (e as Error).message });
+          }
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(input.parallel, input.vms.length) }, worker));
+    },
+    () => `${reports.size}/${input.vms.length} VMs running on their targets`,
+  );
+
+  // 5. Verify what can be verified (simulated targets: byte for byte against the stopped source).
+  const verified = new Map<string, { verified: boolean; detail?: string }>();
+  if (input.verify) {
+    const verify = input.verify;
+    await timed(
+      Phase.VERIFY,
+      async () => {
+        let done = 0;
+        for (const vm of input.vms) {
+          const r = reports.get(vm.name);
+          if (!r) continue;
+          const v = await verify(vm, r);
+          verified.set(vm.name, v);
+          emit({ type: 'vm', vm: vm.name, state: v.verified ? 'verified' : 'failed', target: r.target, ...(v.detail ? { detail: v.detail } : {}) });
+          emit({ type: 'progress', phase: Phase.VERIFY, key: 'all', done: ++done, total: reports.size, unit: 'vms' });
+        }
+      },
+      () => `${[...verified.values()].filter((v) => v.verified).length}/${reports.size} identical`,
+    );
+  }
+
+  // 6. Report.
+  const vms: VmOutcome[] = input.vms.map((vm) => {
+    const r = reports.get(vm.name);
+    const v = verified.get(vm.name);
+    const base = { name: vm.name, target: targetOf(vm.name).name };
+    if (!r) return { ...base, ok: false, error: failures.get(vm.name) ?? 'not migrated', rounds: 0, forced: false, downtimeMs: NaN, wireBytes: 0, plainBytes: 0, pagesWhole: 0, pagesStored: 0, pagesRef: 0, verified: false };
+    return {
+      ...base,
+      ok: input.verify ? v?.verified === true : true,
+      rounds: r.rounds,
+      forced: r.forced,
+      downtimeMs: r.downtimeMs,
+      wireBytes: r.stats.wireBytes,
+      plainBytes: r.stats.streamBytes,
+      pagesWhole: r.stats.pagesWhole,
+      pagesStored: r.stats.pagesStored,
+      pagesRef: r.stats.pagesRef,
+      verified: v?.verified === true,
+      ...(v?.detail ? { verifyDetail: v.detail } : {}),
+    };
+  });
+  const converge = vms.reduce((s, v) => s + v.wireBytes, 0);
+  const scatterBytes = scatter?.bytesSent ?? 0;
+  const report: EvacuationReport = {
+    job: input.job,
+    ok: vms.every((v) => v.ok),
+    vms,
+    targets: input.targets.map((t) => ({ name: t.name, vms: vms.filter((v) => v.target === t.name).map((v) => v.name), contentsHeldAfterScatter: scatter ? holdsFromScatter(scatter, plan, t.name) : 0 })),
+    bytes: { wire: converge + scatterBytes, converge, scatter: scatterBytes, plainQemu: vms.reduce((s, v) => s + v.plainBytes, 0) },
+    phasesMs,
+    index: index.stats(),
+    plan: { ...plan.predicted, groups: plan.groups.length },
+    ...(scatter ? { scatter: { bytesSent: scatter.bytesSent, datagrams: scatter.datagrams, repairs: scatter.repairs, notes: scatter.notes } } : {}),
+  };
+  return report;
+}
+
+function holdsFromScatter(s: ScatterOutcome, plan: Plan, target: string): number {
+  const t = plan.targets.indexOf(target);
+  return t >= 0 ? (s.held[t]?.length ?? 0) : 0;
+}
