@@ -22,7 +22,7 @@ export interface EvacuationTarget {
 }
 
 /** Decides where each VM goes and which multicast groups exist (src/plan). */
-export type Planner = (fleet: FleetVm[], targets: FleetTarget[]) => Plan;
+export type Planner = (fleet: FleetVm[], targets: FleetTarget[]) => Plan | Promise<Plan>;
 
 export interface ScatterOutcome {
   /** Per target index: content ids the target reported holding. The only source of truth. */

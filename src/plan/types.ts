@@ -40,6 +40,37 @@ export interface MulticastGroup {
   contents: Uint32Array;
   /** Multicast address from the configured pool (set when addresses are assigned). */
   address?: string;
+  /**
+   * False when the group has fewer targets than `minTargetsForScatter` (default 2): its contents
+   * go by the converge stream, and it is not in `Plan.order`. makePlan always sets it.
+   */
+  multicast?: boolean;
+  /** Channel (index into Plan.channels) the group is sent on; set for multicast groups. */
+  channel?: number;
+}
+
+/** A multicast channel: the address groups are sent on in turn (see src/plan/schedule.ts). */
+export interface PlanChannel {
+  id: number;
+  address?: string;
+}
+
+/**
+ * One turn of the schedule: `join` targets join the channel after its previous group finished
+ * and before this turn; `leave` targets leave it after this turn.
+ */
+export interface PlanStep {
+  group: number;
+  channel: number;
+  join: number[];
+  leave: number[];
+}
+
+/** Per-target load after placement. */
+export interface PlanTargetLoad {
+  vms: number;
+  memoryBytes: number;
+  capacityBytes: number;
 }
 
 export interface Plan {
@@ -58,5 +89,31 @@ export interface Plan {
     naiveTrafficBytes: number;
     joins: number;
     leaves: number;
+    /** Joins and leaves of the same groups sent in id order (the unordered baseline). */
+    unorderedJoins?: number;
+    unorderedLeaves?: number;
+    /** Sender bytes that go by multicast (groups with multicast: true). */
+    multicastSenderBytes?: number;
+    /** Traffic of the placement before the group cap merged groups, and what merging added. */
+    placementTrafficBytes?: number;
+    mergeExtraTrafficBytes?: number;
+    /** Traffic VMScatter's greedy placement would give (when computed). */
+    greedyTrafficBytes?: number;
+  };
+  /** Channels the multicast groups are sent on, in turn (makePlan sets it). */
+  channels?: PlanChannel[];
+  /** The schedule: one step per entry of `order` (makePlan sets it). */
+  steps?: PlanStep[];
+  /** Per target, in `targets` order (makePlan sets it). */
+  load?: PlanTargetLoad[];
+  /** How the plan was made (makePlan sets it). */
+  info?: {
+    placement: 'graph' | 'greedy' | 'exhaustive';
+    graphMethod?: 'exact' | 'minhash';
+    multicastGroups: number;
+    multicastGroupsBeforeCap: number;
+    maxGroups: number;
+    minTargetsForScatter: number;
+    maxGroupsPerReceiver: number;
   };
 }
