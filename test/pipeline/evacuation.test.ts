@@ -1,0 +1,180 @@
+import { execFile } from 'node:child_process';
+import { createServer, connect, type AddressInfo, type Server, type Socket } from 'node:net';
+import { promisify } from 'node:util';
+import { afterEach, describe, expect, it } from 'vitest';
+import { SimSourceVm, SimTargetHost, verifySimVm } from '../../src/agent/sim-agents.js';
+import { migrateVm } from '../../src/agent/source-agent.js';
+import { TargetAgent } from '../../src/agent/target-agent.js';
+import { resolveConfig } from '../../src/config.js';
+import { runSimEvacuation } from '../../src/cli/demo-command.js';
+import { ErrorCode, VmsError } from '../../src/errors.js';
+import { ContentIndex } from '../../src/memory/content-index.js';
+import { ContentSet } from '../../src/memory/content-set.js';
+import { defaultFleet } from '../../src/memory/sim-profile.js';
+
+const MIGRATION = { maxBandwidthBytesPerSec: 0, downtimeLimitMs: 300, maxRounds: 10 };
+const cleanups: Array<() => Promise<void> | void> = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+function fleet(n: number, memoryMiB: number, seed = 7): SimSourceVm[] {
+  const vms = defaultFleet({ vms: n, memoryMiB, seed, dirtyPagesPerSec: 2000, workingSetPages: 512 }).map((s) => new SimSourceVm(s, MIGRATION));
+  cleanups.push(() => vms.forEach((v) => v.vm.stop()));
+  return vms;
+}
+
+async function targetAgent(name: string): Promise<{ agent: TargetAgent; host: SimTargetHost; addr: { name: string; host: string; port: number } }> {
+  const host = new SimTargetHost();
+  const agent = new TargetAgent({ name, incoming: host.incoming });
+  const a = await agent.listen();
+  cleanups.push(() => agent.close());
+  return { agent, host, addr: { name, ...a } };
+}
+
+/** A TCP relay that lets a test damage or cut the traffic from source to target. */
+async function relay(to: { host: string; port: number }, tamper: (chunk: Buffer, seen: number, cut: () => void) => Buffer | null): Promise<{ host: string; port: number }> {
+  const sockets = new Set<Socket>();
+  const server: Server = createServer((down) => {
+    const up = connect(to.port, to.host);
+    sockets.add(up).add(down);
+    const cut = (): void => {
+      up.destroy();
+      down.destroy();
+    };
+    let seen = 0;
+    down.on('data', (c: Buffer) => {
+      const out = tamper(c, seen, cut);
+      seen += c.length;
+      if (out) up.write(out);
+    });
+    up.on('data', (c) => down.write(c));
+    down.on('end', () => up.end());
+    up.on('end', () => down.end());
+    down.on('error', () => up.destroy());
+    up.on('error', () => down.destroy());
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  cleanups.push(() => {
+    for (const so of sockets) so.destroy();
+    return new Promise<void>((r) => server.close(() => r()));
+  });
+  return { host: '127.0.0.1', port: (server.address() as AddressInfo).port };
+}
+
+describe('evacuation pipeline (simulated VMs, loopback)', () => {
+  it('rebuilds every VM byte for byte and sends less than plain QEMU', async () => {
+    const cfg = resolveConfig({
+      fleet: { vms: 4, memoryMiB: 16, dirtyPagesPerSec: 1000, workingSetPages: 256 },
+      targets: 2,
+      scatter: { enabled: false },
+      plan: { strategy: 'round-robin' },
+      migration: { maxBandwidthMiBps: 0 },
+    });
+    const events: string[] = [];
+    const report = await runSimEvacuation(cfg, { onEvent: (e) => e.type === 'phase' && events.push(`${e.phase}:${e.state}`) });
+    expect(report.ok).toBe(true);
+    expect(report.vms.map((v) => v.verified)).toEqual([true, true, true, true]);
+    expect(report.bytes.wire).toBeLessThan(report.bytes.plainQemu);
+    // Shared OS content goes whole once per target, then as references.
+    expect(report.vms.reduce((s, v) => s + v.pagesRef, 0)).toBeGreaterThan(0);
+    expect(events).toEqual(['collect:start', 'collect:end', 'plan:start', 'plan:end', 'scatter:skipped', 'converge:start', 'converge:end', 'verify:start', 'verify:end']);
+  });
+
+  it('never merges pages on a fast-hash match: every page hashing alike still rebuilds exactly', async () => {
+    const [a, b] = fleet(2, 8);
+    const index = await ContentIndex.create({ hash: () => 42n }); // every page collides
+    index.addVm(a!.name, a!.ram);
+    index.addVm(b!.name, b!.ram);
+    expect(index.stats().hashCollisions).toBeGreaterThan(0);
+    const t = await targetAgent('t0');
+    const holds = new ContentSet();
+    for (const vm of [a!, b!]) {
+      const r = await migrateVm({ vm, target: t.addr, job: 'collide', contents: index, holds });
+      expect(r.stats.pagesRef + r.stats.pagesStored).toBeGreaterThan(0);
+      expect(verifySimVm(vm, t.host)).toEqual({ verified: true });
+    }
+  });
+
+  it('a corrupted byte in transit fails the VM loudly; the target never resumes it and the source keeps running', async () => {
+    const [vm] = fleet(1, 8);
+    const t = await targetAgent('t0');
+    const index = await ContentIndex.create();
+    index.addVm(vm!.name, vm!.ram);
+    // Flip one byte deep inside the page data, well after the stream header.
+    const addr = await relay(t.addr, (c, seen) => {
+      const at = 1_000_000 - seen;
+      if (at >= 0 && at < c.length) {
+        const d = Buffer.from(c);
+        d[at] = d[at]! ^ 0x5a;
+        return d;
+      }
+      return c;
+    });
+    const err = await migrateVm({ vm: vm!, target: { ...t.addr, ...addr }, job: 'corrupt', contents: index, holds: new ContentSet() }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(VmsError);
+    expect(t.host.images.has(vm!.name)).toBe(false);
+    expect(vm!.vm.state).toBe('running');
+    await expect(t.agent.resultOf(vm!.name)).rejects.toThrow();
+  });
+
+  it('a connection cut mid-stream fails the VM; the target reports truncation and never resumes', async () => {
+    const [vm] = fleet(1, 8);
+    const t = await targetAgent('t0');
+    const addr = await relay(t.addr, (c, seen, cut) => {
+      if (seen + c.length > 1_000_000) {
+        cut();
+        return null;
+      }
+      return c;
+    });
+    const err = await migrateVm({ vm: vm!, target: { ...t.addr, ...addr }, job: 'cut' }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(VmsError);
+    expect(vm!.vm.state).toBe('running');
+    expect(t.host.images.has(vm!.name)).toBe(false);
+    const targetErr = await t.agent.resultOf(vm!.name)!.catch((e: unknown) => e);
+    expect((targetErr as VmsError).code).toMatch(/STREAM_TRUNCATED|CONVERGE/);
+  });
+
+  it('cancelling a migration resumes the source and discards the target', async () => {
+    const [vm] = fleet(1, 32);
+    const t = await targetAgent('t0');
+    const ac = new AbortController();
+    setTimeout(() => ac.abort(new VmsError(ErrorCode.CANCELLED, 'test cancel')), 30);
+    const err = await migrateVm({ vm: vm!, target: t.addr, job: 'cancel', signal: ac.signal }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(VmsError);
+    expect(vm!.vm.state).toBe('running');
+    expect(t.host.images.has(vm!.name)).toBe(false);
+  });
+
+  it('an unreachable target agent is a clear error and the source keeps running', async () => {
+    const [vm] = fleet(1, 8);
+    const err = (await migrateVm({ vm: vm!, target: { name: 'gone', host: '127.0.0.1', port: 1 }, job: 'x' }).catch((e: unknown) => e)) as VmsError;
+    expect(err.code).toBe(ErrorCode.CONVERGE);
+    expect(err.message).toMatch(/cannot reach the target agent at 127.0.0.1:1/);
+    expect(vm!.vm.state).toBe('running');
+  });
+});
+
+describe('vmscatter demo --json', () => {
+  it('prints one JSON summary with every VM verified and fewer bytes than plain QEMU', async () => {
+    const { stdout } = await promisify(execFile)(
+      process.execPath,
+      ['--import', 'tsx', 'src/cli/main.ts', 'demo', '--json', '--vms', '3', '--memory-mib', '16', '--targets', '2', '--no-scatter'],
+      { cwd: process.cwd(), maxBuffer: 16 * 1024 * 1024 },
+    );
+    const r = JSON.parse(stdout) as { vms: Array<{ verified: boolean }>; bytes: { wire: number; plainQemu: number } };
+    expect(r.vms).toHaveLength(3);
+    expect(r.vms.every((v) => v.verified === true)).toBe(true);
+    expect(r.bytes.wire).toBeLessThan(r.bytes.plainQemu);
+  });
+
+  it('rejects bad flags with a clear error and exit code 2', async () => {
+    const err = (await promisify(execFile)(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'demo', '--vms', '0'], { cwd: process.cwd() }).catch((e: unknown) => e)) as {
+      code: number;
+      stderr: string;
+    };
+    expect(err.code).toBe(2);
+    expect(err.stderr).toMatch(/fleet\/vms must be >= 1/);
+  });
+});
