@@ -32,6 +32,7 @@ export const MigrationSchema = Type.Object(
     downtimeLimitMs: Type.Number({ minimum: 1, default: QEMU_DEFAULT_DOWNTIME_LIMIT_MS }),
     maxRounds: Type.Integer({ minimum: 1, default: 30, description: 'pre-copy rounds before stop-and-copy is forced' }),
     parallel: Type.Integer({ minimum: 1, default: 8, description: 'VMs migrating at once' }),
+    compress: Type.Union([Type.Literal('none'), Type.Literal('lz4')], { default: 'none', description: 'compress converge frames' }),
   },
   { additionalProperties: false },
 );

@@ -31,6 +31,7 @@ export interface MigrateVmOptions {
   signal?: AbortSignal;
   logger?: Logger;
   onStats?: (stats: ConvergeSourceStats) => void;
+  compress?: 'lz4';
 }
 
 export async function migrateVm(opts: MigrateVmOptions): Promise<VmMigrationReport> {
@@ -46,6 +47,7 @@ export async function migrateVm(opts: MigrateVmOptions): Promise<VmMigrationRepo
     vm: vm.name,
     ...(opts.contents ? { contents: opts.contents } : {}),
     ...(opts.holds ? { holds: opts.holds } : {}),
+    ...(opts.compress ? { compress: opts.compress } : {}),
   });
   // If the target fails first, stop the producer too.
   conv.result.catch((e: unknown) => local.abort(e));

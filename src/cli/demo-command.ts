@@ -26,6 +26,7 @@ export interface DemoFlags {
   dirtyRate?: number;
   maxBandwidthMibps?: number;
   parallel?: number;
+  lz4?: boolean;
   scatter?: boolean;
   strategy?: 'graph' | 'greedy' | 'round-robin';
   logLevel?: string;
@@ -35,7 +36,7 @@ export function demoConfig(flags: DemoFlags): EvacuationConfig {
   const fromFlags = {
     fleet: { vms: flags.vms, memoryMiB: flags.memoryMib, osImages: flags.osImages, tenants: flags.tenants, seed: flags.seed, dirtyPagesPerSec: flags.dirtyRate },
     targets: flags.targets,
-    migration: { maxBandwidthMiBps: flags.maxBandwidthMibps, parallel: flags.parallel },
+    migration: { maxBandwidthMiBps: flags.maxBandwidthMibps, parallel: flags.parallel, compress: flags.lz4 ? 'lz4' : undefined },
     scatter: flags.scatter === false ? { enabled: false } : {},
     plan: { strategy: flags.strategy },
   };
@@ -93,6 +94,7 @@ export async function runSimEvacuation(cfg: EvacuationConfig, opts: SimEvacuatio
         return verifySimVm(sim, host);
       },
       parallel: cfg.migration.parallel,
+      ...(cfg.migration.compress === 'lz4' ? { compress: 'lz4' as const } : {}),
       logger,
       ...(opts.onEvent ? { onEvent: opts.onEvent } : {}),
       ...(opts.signal ? { signal: opts.signal } : {}),

@@ -27,6 +27,7 @@ program
   .option('--dirty-rate <pages/s>', 'guest writes per VM, pages/s', Number)
   .option('--max-bandwidth-mibps <n>', 'pre-copy rate limit per VM (QEMU default 128; 0 = unlimited)', Number)
   .option('--parallel <n>', 'VMs migrating at once', int)
+  .option('--lz4', 'compress converge frames with LZ4')
   .option('--no-scatter', 'skip the multicast scatter (converge-only dedup)')
   .addOption(new Option('--strategy <name>', 'placement strategy').choices(['graph', 'greedy', 'round-robin']))
   .option('--log-level <level>', 'pino log level on stderr', 'warn')

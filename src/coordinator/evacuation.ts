@@ -47,6 +47,8 @@ export interface EvacuationInput {
   scatter?: ScatterRunner;
   verify?: VmVerifier;
   parallel: number;
+  /** Compress converge DATA frames. */
+  compress?: 'lz4';
   onEvent?: EventSink;
   logger?: Logger;
   signal?: AbortSignal;
@@ -183,6 +185,7 @@ export async function runEvacuation(input: EvacuationInput): Promise<EvacuationR
               contents: index,
               holds: holdSet,
               signal,
+              ...(input.compress ? { compress: input.compress } : {}),
               ...(log ? { logger: log } : {}),
               onStats: (s) => emit({ type: 'progress', phase: Phase.CONVERGE, key: vm.name, done: Math.min(s.streamBytes, total), total, unit: 'bytes' }),
             });

@@ -9,6 +9,7 @@
  * the source sent, so a target never resumes a VM whose stream is incomplete or corrupted.
  */
 import type { Duplex, Writable } from 'node:stream';
+import { uncompressSync } from 'lz4-napi';
 import { ErrorCode, VmsError, isVmsError } from '../errors.js';
 import type { ContentStore } from '../memory/content-store.js';
 import { loadXxhash } from '../memory/xxhash.js';
@@ -17,6 +18,7 @@ import {
   CONVERGE_PROTOCOL_VERSION,
   FrameDecoder,
   FrameType,
+  MAX_FRAME_PAYLOAD,
   decodeEnd,
   decodeJson,
   encodeJsonFrame,
@@ -134,6 +136,20 @@ export class ConvergeTargetConnection {
           this.acks.length = 0;
         }
         return;
+      case FrameType.DATA_LZ4: {
+        if (!this.parser) throw new VmsError(ErrorCode.CONVERGE, 'DATA before HELLO');
+        if (payload.length < 4) throw new VmsError(ErrorCode.STREAM_MALFORMED, `DATA_LZ4 frame of ${payload.length} bytes`);
+        const rawLen = payload.readUInt32BE(0);
+        if (rawLen > MAX_FRAME_PAYLOAD) throw new VmsError(ErrorCode.STREAM_MALFORMED, `DATA_LZ4 frame announces ${rawLen} bytes; at most ${MAX_FRAME_PAYLOAD}`);
+        let raw: Buffer;
+        try {
+          raw = uncompressSync(payload.subarray(4));
+        } catch (e) {
+          throw new VmsError(ErrorCode.STREAM_MALFORMED, `DATA_LZ4 frame does not decompress: ${(e as Error).message}`, { cause: e });
+        }
+        if (raw.length !== rawLen) throw new VmsError(ErrorCode.STREAM_MALFORMED, `DATA_LZ4 frame decompressed to ${raw.length} bytes, announced ${rawLen}`);
+        return this.onFrame(FrameType.DATA, raw, offset);
+      }
       case FrameType.END: {
         if (!this.parser || !this.writer) throw new VmsError(ErrorCode.CONVERGE, 'END before HELLO');
         const end = decodeEnd(payload, offset);

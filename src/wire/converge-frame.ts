@@ -13,6 +13,8 @@
  *       The source learns that a target holds a content only from these acknowledgements (or
  *       from scatter reports), so a reference never reaches a target before its content does.
  * RESULT (target -> source, last): JSON ConvergeResult.
+ * DATA_LZ4: be32 decompressed length, then an LZ4 block of what a DATA frame would carry; sent
+ *       instead of DATA when compression is on and the block shrinks.
  *
  * The decoder is a small state machine that returns early until a whole frame has arrived.
  */
@@ -25,6 +27,7 @@ export const FrameType = {
   ABORT: 4,
   RESULT: 5,
   STORED: 6,
+  DATA_LZ4: 7,
 } as const;
 export type FrameType = (typeof FrameType)[keyof typeof FrameType];
 
@@ -141,7 +144,7 @@ export class FrameDecoder {
     while (buf.length - pos >= FRAME_HEADER) {
       const type = buf[pos]!;
       const len = buf.readUInt32BE(pos + 1);
-      if (type < FrameType.HELLO || type > FrameType.STORED)
+      if (type < FrameType.HELLO || type > FrameType.DATA_LZ4)
         this.fail(new StreamError(ErrorCode.STREAM_MALFORMED, this.consumed + pos, `unknown converge frame type ${type}`));
       if (len > MAX_FRAME_PAYLOAD)
         this.fail(new StreamError(ErrorCode.STREAM_MALFORMED, this.consumed + pos, `converge frame of ${len} bytes exceeds ${MAX_FRAME_PAYLOAD}`));

@@ -81,6 +81,15 @@ describe('evacuation pipeline (simulated VMs, loopback)', () => {
     expect(events).toEqual(['collect:start', 'collect:end', 'plan:start', 'plan:end', 'scatter:skipped', 'converge:start', 'converge:end', 'verify:start', 'verify:end']);
   });
 
+  it('rebuilds byte for byte with LZ4-compressed converge frames, sending fewer bytes', async () => {
+    const [a] = fleet(1, 16);
+    const t = await targetAgent('t0');
+    const r = await migrateVm({ vm: a!, target: t.addr, job: 'lz4', compress: 'lz4' });
+    expect(r.stats.compressedFrames).toBeGreaterThan(0);
+    expect(r.stats.wireBytes).toBeLessThan(r.stats.streamBytes);
+    expect(verifySimVm(a!, t.host)).toEqual({ verified: true });
+  });
+
   it('never merges pages on a fast-hash match: every page hashing alike still rebuilds exactly', async () => {
     const [a, b] = fleet(2, 8);
     const index = await ContentIndex.create({ hash: () => 42n }); // every page collides
