@@ -48,7 +48,8 @@ export class SimSourceVm implements SourceVm {
       maxRounds: this.migration.maxRounds,
       signal,
     });
-    return { rounds: r.rounds, forced: r.forced, stoppedAtEpochMs: performance.timeOrigin + r.stoppedAt };
+    const resentPages = r.roundStats.slice(1).reduce((sum, x) => sum + x.pages, 0);
+    return { rounds: r.rounds, forced: r.forced, stoppedAtEpochMs: performance.timeOrigin + r.stoppedAt, resentPages, deviceStateBytes: r.deviceTail.length };
   }
 
   resume(): void {

@@ -20,6 +20,8 @@ export interface VmMigrationReport {
   stats: ConvergeSourceStats;
   stoppedAtEpochMs: number;
   resumedAtEpochMs: number;
+  resentPages?: number;
+  deviceStateBytes?: number;
 }
 
 export interface MigrateVmOptions {
@@ -66,6 +68,8 @@ export async function migrateVm(opts: MigrateVmOptions): Promise<VmMigrationRepo
       stats: { ...conv.stats },
       stoppedAtEpochMs: mig.stoppedAtEpochMs,
       resumedAtEpochMs: resumedAt,
+      ...(mig.resentPages !== undefined ? { resentPages: mig.resentPages } : {}),
+      ...(mig.deviceStateBytes !== undefined ? { deviceStateBytes: mig.deviceStateBytes } : {}),
     };
   } catch (e) {
     const err = isVmsError(e) ? e : new VmsError(ErrorCode.CONVERGE, `migration of VM ${vm.name} failed: ${(e as Error).message}`, { cause: e });

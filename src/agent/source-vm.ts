@@ -22,6 +22,10 @@ export interface SourceMigrationResult {
   forced: boolean;
   /** Epoch ms (sub-ms) when the source VM stopped. */
   stoppedAtEpochMs: number;
+  /** PAGE records sent again after the first pass (dirtied while migrating), when known. */
+  resentPages?: number;
+  /** Bytes of the device-state tail, when known. */
+  deviceStateBytes?: number;
 }
 
 /** Sub-millisecond wall clock comparable across processes on one host. */

@@ -15,6 +15,7 @@ type Suite = (opts: BenchOptions) => Promise<Record<string, unknown>>;
 
 const suites: Record<string, () => Promise<Suite>> = {
   scan: async () => (await import('../../bench/scan.js')).runScanBench,
+  strategies: async () => (await import('../../bench/strategies.js')).runStrategiesBench,
 };
 
 export const BENCH_SUITES = Object.keys(suites);

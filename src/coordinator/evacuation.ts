@@ -7,6 +7,7 @@ import type { Logger } from 'pino';
 import { ErrorCode, VmsError } from '../errors.js';
 import { ContentIndex, type IndexStats, type VmScan } from '../memory/content-index.js';
 import { ContentSet } from '../memory/content-set.js';
+import { PAGE_SIZE } from '../memory/page.js';
 import type { FleetTarget, FleetVm, Plan } from '../plan/types.js';
 import { migrateVm, type VmMigrationReport } from '../agent/source-agent.js';
 import type { SourceVm } from '../agent/source-vm.js';
@@ -28,6 +29,8 @@ export interface ScatterOutcome {
   /** Per target index: content ids the target reported holding. The only source of truth. */
   held: Uint32Array[];
   bytesSent: number;
+  /** Sum over targets of the scatter bytes each one's link carried, when known. */
+  bytesReceived?: number;
   datagrams: number;
   repairs: number;
   /** Human-readable notes (e.g. IGMP check skipped). */
@@ -69,6 +72,9 @@ export interface VmOutcome {
   pagesWhole: number;
   pagesStored: number;
   pagesRef: number;
+  /** Pages sent again after the first pass, when the VM reports it. */
+  resentPages?: number;
+  deviceStateBytes?: number;
   verified: boolean;
   verifyDetail?: string;
 }
@@ -85,6 +91,11 @@ export interface EvacuationReport {
     scatter: number;
     /** What plain QEMU migration of the same VMs sends (their own streams). */
     plainQemu: number;
+    /**
+     * The least any dedup scheme must send: each distinct non-zero content once, every page
+     * resent after the first pass, every device state (from what the VMs report).
+     */
+    dedupMinimum: number;
   };
   phasesMs: Partial<Record<Phase, number>>;
   index: IndexStats;
@@ -240,6 +251,8 @@ export async function runEvacuation(input: EvacuationInput): Promise<EvacuationR
       pagesWhole: r.stats.pagesWhole,
       pagesStored: r.stats.pagesStored,
       pagesRef: r.stats.pagesRef,
+      ...(r.resentPages !== undefined ? { resentPages: r.resentPages } : {}),
+      ...(r.deviceStateBytes !== undefined ? { deviceStateBytes: r.deviceStateBytes } : {}),
       verified: v?.verified === true,
       ...(v?.detail ? { verifyDetail: v.detail } : {}),
     };
@@ -251,11 +264,17 @@ export async function runEvacuation(input: EvacuationInput): Promise<EvacuationR
     ok: vms.every((v) => v.ok),
     vms,
     targets: input.targets.map((t) => ({ name: t.name, vms: vms.filter((v) => v.target === t.name).map((v) => v.name), contentsHeldAfterScatter: scatter ? holdsFromScatter(scatter, plan, t.name) : 0 })),
-    bytes: { wire: converge + scatterBytes, converge, scatter: scatterBytes, plainQemu: vms.reduce((s, v) => s + v.plainBytes, 0) },
+    bytes: {
+      wire: converge + scatterBytes,
+      converge,
+      scatter: scatterBytes,
+      plainQemu: vms.reduce((s, v) => s + v.plainBytes, 0),
+      dedupMinimum: index.stats().distinct * PAGE_SIZE + vms.reduce((s, v) => s + (v.resentPages ?? 0) * PAGE_SIZE + (v.deviceStateBytes ?? 0), 0),
+    },
     phasesMs,
     index: index.stats(),
     plan: { ...plan.predicted, groups: plan.groups.length },
-    ...(scatter ? { scatter: { bytesSent: scatter.bytesSent, datagrams: scatter.datagrams, repairs: scatter.repairs, notes: scatter.notes } } : {}),
+    ...(scatter ? { scatter: { bytesSent: scatter.bytesSent, ...(scatter.bytesReceived !== undefined ? { bytesReceived: scatter.bytesReceived } : {}), datagrams: scatter.datagrams, repairs: scatter.repairs, notes: scatter.notes } } : {}),
   };
   return report;
 }
