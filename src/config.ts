@@ -43,7 +43,7 @@ export const ScatterSchema = Type.Object(
     interface: Type.String({ default: '127.0.0.1', description: 'IPv4 address of the interface multicast is sent and received on' }),
     groupPool: Type.String({ default: '239.192.0.0/14', description: 'multicast addresses for groups (organization-local scope)' }),
     rateMBps: Type.Number({ minimum: 1, default: 100, description: 'sender ceiling, MB/s' }),
-    datagramBytes: Type.Integer({ minimum: 576, maximum: 65000, default: 8400, description: 'datagram payload budget (MTU 9000: two pages)' }),
+    mtu: Type.Integer({ minimum: 576, maximum: 65535, default: 9000, description: 'MTU of the multicast path: 9000 sends two pages per datagram, 1500 page fragments' }),
   },
   { additionalProperties: false },
 );
@@ -55,6 +55,68 @@ export const PlanSchema = Type.Object(
   { additionalProperties: false },
 );
 
+/** HOST:PORT, IPv4 or a name; port 0 picks a free one. */
+const HOST_PORT = '^[A-Za-z0-9_.-]+:[0-9]{1,5}$';
+
+/** Defaults of the control plane, named once (README "Operations" quotes them). */
+export const CONTROL_DEFAULTS = {
+  coordinatorListen: '127.0.0.1:7400',
+  coordinatorUrl: 'http://127.0.0.1:7400',
+  agentListen: '127.0.0.1:7401',
+  stateDir: 'var/coordinator',
+  heartbeatIntervalMs: 2000,
+  agentLostAfterMs: 6000,
+  /** KubeVirt's parallelOutboundMigrationsPerNode default. */
+  maxOutgoingPerSource: 2,
+  maxIncomingPerTarget: 2,
+  /** How long an agent retries a coordinator that does not answer before it gives up the call. */
+  coordinatorGraceMs: 30_000,
+  minTokenLength: 16,
+} as const;
+
+export const CoordinatorSchema = Type.Object(
+  {
+    listen: Type.String({ pattern: HOST_PORT, default: CONTROL_DEFAULTS.coordinatorListen, description: 'HOST:PORT of the HTTP API' }),
+    url: Type.String({ pattern: '^https?://', default: CONTROL_DEFAULTS.coordinatorUrl, description: 'where agents and the CLI reach the coordinator' }),
+    stateDir: Type.String({ default: CONTROL_DEFAULTS.stateDir, description: 'directory job state is persisted in (restart); "" keeps it in memory only' }),
+    heartbeatIntervalMs: Type.Integer({ minimum: 50, maximum: 600_000, default: CONTROL_DEFAULTS.heartbeatIntervalMs, description: 'how often agents report' }),
+    agentLostAfterMs: Type.Integer({ minimum: 100, maximum: 3_600_000, default: CONTROL_DEFAULTS.agentLostAfterMs, description: 'an agent silent this long is lost; its jobs fail' }),
+    maxOutgoingPerSource: Type.Integer({ minimum: 1, maximum: 1024, default: CONTROL_DEFAULTS.maxOutgoingPerSource, description: 'VM migrations out of one source host at once, over all jobs' }),
+    maxIncomingPerTarget: Type.Integer({ minimum: 1, maximum: 1024, default: CONTROL_DEFAULTS.maxIncomingPerTarget, description: 'VM migrations into one target host at once, over all jobs' }),
+    agents: Type.Array(Type.String({ pattern: '^https?://' }), { default: [], description: 'control URLs of agents the coordinator polls (instead of waiting for them to register)' }),
+  },
+  { additionalProperties: false },
+);
+
+export const AgentSchema = Type.Object(
+  {
+    role: Type.Union([Type.Literal('source'), Type.Literal('target')], { default: 'target', description: 'source: owns VMs and runs their migrations; target: receives VMs' }),
+    name: Type.String({ pattern: '^$|^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$', default: '', description: 'host name the agent registers under ("" = the machine\'s hostname)' }),
+    listen: Type.String({ pattern: HOST_PORT, default: CONTROL_DEFAULTS.agentListen, description: 'HOST:PORT of the agent\'s HTTP control API' }),
+    dataListen: Type.String({ pattern: HOST_PORT, default: '127.0.0.1:0', description: 'HOST:PORT a target agent accepts converge connections on' }),
+    advertise: Type.String({ default: '', description: 'address other hosts reach this agent at ("" = the listen host)' }),
+    register: Type.Boolean({ default: true, description: 'register with the coordinator and send heartbeats' }),
+    capacityMiB: Type.Integer({ minimum: 1, default: 16384, description: 'memory a target offers incoming VMs, MiB' }),
+    maxVms: Type.Integer({ minimum: 0, default: 0, description: 'incoming VMs a target accepts (0 = no limit)' }),
+    fleet: Type.Union([Type.Literal('sim')], { default: 'sim', description: 'what a source agent migrates: simulated VMs described by the fleet section' }),
+  },
+  { additionalProperties: false },
+);
+
+export const AuthSchema = Type.Object(
+  {
+    token: Type.String({ default: '', description: 'shared bearer token of coordinator, agents and CLI; set it with VMSCATTER_TOKEN' }),
+  },
+  { additionalProperties: false },
+);
+
+export const LogSchema = Type.Object(
+  {
+    level: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)), { default: 'info' }),
+  },
+  { additionalProperties: false },
+);
+
 export const EvacuationConfigSchema = Type.Object(
   {
     fleet: FleetSchema,
@@ -62,6 +124,10 @@ export const EvacuationConfigSchema = Type.Object(
     migration: MigrationSchema,
     scatter: ScatterSchema,
     plan: PlanSchema,
+    coordinator: CoordinatorSchema,
+    agent: AgentSchema,
+    auth: AuthSchema,
+    log: LogSchema,
   },
   { additionalProperties: false },
 );
@@ -72,7 +138,7 @@ export type EvacuationConfigInput = DeepPartial<EvacuationConfig>;
 
 /** Validate and fill defaults. Errors name every bad field and what was expected. */
 export function resolveConfig(input: unknown, source = 'configuration'): EvacuationConfig {
-  const withSections = { fleet: {}, migration: {}, scatter: {}, plan: {}, ...(isObject(input) ? input : {}) };
+  const withSections = { fleet: {}, migration: {}, scatter: {}, plan: {}, coordinator: {}, agent: {}, auth: {}, log: {}, ...(isObject(input) ? input : {}) };
   if (input !== undefined && !isObject(input)) throw new VmsError(ErrorCode.CONFIG, `${source}: expected an object, got ${typeof input}`);
   const value = Value.Default(EvacuationConfigSchema, Value.Clone(withSections));
   if (!Value.Check(EvacuationConfigSchema, value)) {
@@ -85,6 +151,39 @@ export function resolveConfig(input: unknown, source = 'configuration'): Evacuat
     throw new VmsError(ErrorCode.CONFIG, `${source} is invalid: ${problems.join('; ')}`);
   }
   return value as EvacuationConfig;
+}
+
+/**
+ * Environment variables, each mapped onto one field of the schema (so they are validated like the
+ * file). Precedence: defaults < config file < environment < command-line flags.
+ */
+export const ENV_VARS = {
+  VMSCATTER_TOKEN: 'auth.token',
+  VMSCATTER_COORDINATOR: 'coordinator.url',
+  VMSCATTER_STATE_DIR: 'coordinator.stateDir',
+  VMSCATTER_AGENT_NAME: 'agent.name',
+  VMSCATTER_LOG_LEVEL: 'log.level',
+} as const;
+
+/** The config layer the environment gives (unset and empty variables are left out). */
+export function envConfig(env: NodeJS.ProcessEnv = process.env): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [name, path] of Object.entries(ENV_VARS)) {
+    const v = env[name];
+    if (v === undefined || v === '') continue;
+    const [section, key] = path.split('.') as [string, string];
+    const sec = (out[section] ??= {}) as Record<string, unknown>;
+    sec[key] = v;
+  }
+  return out;
+}
+
+/** Split HOST:PORT (validated by the schema's pattern) into its parts. */
+export function parseHostPort(s: string, what = 'address'): { host: string; port: number } {
+  const i = s.lastIndexOf(':');
+  const port = Number(s.slice(i + 1));
+  if (i <= 0 || !Number.isInteger(port) || port < 0 || port > 65535) throw new VmsError(ErrorCode.CONFIG, `${what} must be HOST:PORT with a port 0..65535, got "${s}"`);
+  return { host: s.slice(0, i), port };
 }
 
 /** Read a JSON config file (under config/ by convention). */

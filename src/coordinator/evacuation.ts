@@ -38,7 +38,11 @@ export interface ScatterOutcome {
 }
 
 /** Warms the targets' content stores by multicast (src/transport/scatter.ts). */
-export type ScatterRunner = (plan: Plan, index: ContentIndex, signal: AbortSignal) => Promise<ScatterOutcome>;
+export type ScatterRunner = (
+  plan: Plan,
+  index: ContentIndex,
+  ctx: { signal: AbortSignal; onProgress: (bytesDone: number, bytesTotal: number) => void },
+) => Promise<ScatterOutcome>;
 
 export type VmVerifier = (vm: SourceVm, report: VmMigrationReport) => Promise<{ verified: boolean; detail?: string }>;
 
@@ -52,6 +56,11 @@ export interface EvacuationInput {
   parallel: number;
   /** Compress converge DATA frames. */
   compress?: 'lz4';
+  /**
+   * Called before a VM's converge connection opens; the VM waits until it resolves (e.g. for a
+   * migration slot under per-host limits). Rejecting fails the VM, which was never touched.
+   */
+  admit?: (vm: SourceVm, target: EvacuationTarget, signal: AbortSignal) => Promise<void>;
   onEvent?: EventSink;
   logger?: Logger;
   signal?: AbortSignal;
@@ -165,7 +174,7 @@ export async function runEvacuation(input: EvacuationInput): Promise<EvacuationR
     const run = input.scatter;
     scatter = await timed(
       Phase.SCATTER,
-      () => run(plan, index, signal),
+      () => run(plan, index, { signal, onProgress: (done, total) => emit({ type: 'progress', phase: Phase.SCATTER, key: 'all', done, total, unit: 'bytes' }) }),
       (s) => `${(s.bytesSent / 1e6).toFixed(1)} MB multicast, ${s.repairs} repairs`,
     );
     scatter.held.forEach((ids, t) => {
@@ -189,6 +198,7 @@ export async function runEvacuation(input: EvacuationInput): Promise<EvacuationR
           emit({ type: 'vm', vm: vm.name, state: 'migrating', target: target.name });
           const total = vm.memoryBytes;
           try {
+            if (input.admit) await input.admit(vm, target, signal);
             const r = await migrateVm({
               vm,
               target,

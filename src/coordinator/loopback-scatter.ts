@@ -1,6 +1,48 @@
+/**
+ * The scatter of an embedded evacuation: sender and every target's receiver in this process,
+ * multicast on the configured interface (loopback by default), each receiver filling its target
+ * agent's content store. What the targets hold afterwards comes only from their reports.
+ */
 import type { TargetAgent } from '../agent/target-agent.js';
+import type { EvacuationConfig } from '../config.js';
+import { ErrorCode, VmsError } from '../errors.js';
+import { runScatter } from '../transport/scatter.js';
 import type { ScatterRunner } from './evacuation.js';
 
-export function createLoopbackScatter(_cfg: unknown, _agents: TargetAgent[], _job: string): ScatterRunner | undefined {
-  return undefined;
+export function createLoopbackScatter(cfg: EvacuationConfig['scatter'], agents: TargetAgent[], job: string): ScatterRunner {
+  return async (plan, index, ctx) => {
+    const stores = plan.targets.map((name) => {
+      const agent = agents.find((a) => a.name === name);
+      if (!agent) throw new VmsError(ErrorCode.PLAN, `the plan names target ${name}, which has no agent here`);
+      return agent.store;
+    });
+    const r = await runScatter({
+      plan,
+      contentBytes: (id) => index.contentBytes(id),
+      stores,
+      iface: cfg.interface,
+      session: { job: jobNumber(job), key: 'random', mtu: cfg.mtu, addressPool: cfg.groupPool },
+      sender: { rateBytesPerSec: cfg.rateMBps * 1e6 },
+      onProgress: (p) => ctx.onProgress(p.bytesSent, p.bytesTotal),
+    });
+    const notes: string[] = [];
+    if (!r.sender.igmp.checked) notes.push(`network-level join check skipped: ${r.sender.igmp.reason ?? 'no CAP_NET_RAW'}`);
+    const incomplete = r.targets.filter((t) => !t.complete).map((t) => t.name);
+    if (incomplete.length) notes.push(`incomplete after repair: ${incomplete.join(', ')} (converge carries the rest)`);
+    return {
+      held: plan.targets.map((_, t) => r.targets.find((x) => x.target === t)?.held ?? new Uint32Array(0)),
+      bytesSent: r.sender.bytesSent,
+      bytesReceived: r.targets.reduce((s, t) => s + t.bytes, 0),
+      datagrams: r.sender.datagrams,
+      repairs: r.sender.repairs,
+      notes,
+    };
+  };
+}
+
+/** The datagram header carries a 32-bit job number: derive it from the job name. */
+function jobNumber(job: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < job.length; i++) h = Math.imul(h ^ job.charCodeAt(i), 0x01000193);
+  return h >>> 0;
 }

@@ -16,6 +16,7 @@ import {
   FrameDecoder,
   FrameType,
   decodeJson,
+  decodeConsumed,
   decodeStored,
   encodeEndFrame,
   encodeFrame,
@@ -44,7 +45,19 @@ export interface ConvergeSourceOptions {
   resultTimeoutMs?: number;
   /** Compress DATA frames with LZ4 (pays where the link, not the CPU, is the bottleneck). */
   compress?: 'lz4';
+  /**
+   * Stream bytes allowed in flight beyond what the target reported CONSUMED (once it reports at
+   * all). Socket buffers alone would let megabytes pile up ahead of a slow target QEMU, all of
+   * which the VM's downtime then waits for. Default CONVERGE_WINDOW_BYTES.
+   */
+  windowBytes?: number;
 }
+
+/**
+ * 1 MiB: above the 2 x 256 KiB the StreamWriters on both ends may hold back (smaller could
+ * stall), small enough to drain in a few ms at the target.
+ */
+export const CONVERGE_WINDOW_BYTES = 1024 * 1024;
 
 export interface ConvergeSourceStats {
   /** Bytes of the original stream (what plain QEMU migration sends). */
@@ -68,6 +81,9 @@ export class ConvergeSource extends Writable {
   private readonly writer: StreamWriter;
   private hash: XXHash<bigint> | undefined;
   private drainWaiter: ((err?: Error | null) => void) | undefined;
+  /** Stream bytes the target's consumer has taken; -1 until the target reports (old targets never do). */
+  private consumed = -1;
+  private readonly windowBytes: number;
   private settled = false;
   private resolveResult!: (r: ConvergeResult) => void;
   private rejectResult!: (e: Error) => void;
@@ -78,6 +94,7 @@ export class ConvergeSource extends Writable {
     super({ highWaterMark: 256 * 1024 });
     this.socket = opts.socket;
     this.resultTimeoutMs = opts.resultTimeoutMs ?? 120_000;
+    this.windowBytes = Math.max(opts.windowBytes ?? CONVERGE_WINDOW_BYTES, 1024 * 1024);
     this.result = new Promise((res, rej) => {
       this.resolveResult = res;
       this.rejectResult = rej;
@@ -91,6 +108,9 @@ export class ConvergeSource extends Writable {
     const decoder = new FrameDecoder((type, payload, offset) => {
       if (type === FrameType.STORED) {
         if (opts.holds) for (const id of decodeStored(payload, offset)) opts.holds.add(id);
+      } else if (type === FrameType.CONSUMED) {
+        this.consumed = Math.max(this.consumed, decodeConsumed(payload, offset));
+        this.release();
       } else if (type === FrameType.RESULT) this.onResult(decodeJson<ConvergeResult>(payload, offset, 'RESULT'));
       else if (type === FrameType.ABORT) this.settle(new VmsError(ErrorCode.CONVERGE, `target aborted VM ${opts.vm}: ${payload.toString('utf8')}`));
       else throw new VmsError(ErrorCode.CONVERGE, `unexpected frame type ${type} from the target`);
@@ -102,11 +122,7 @@ export class ConvergeSource extends Writable {
         this.settle(e instanceof Error ? e : new Error(String(e)));
       }
     });
-    this.socket.on('drain', () => {
-      const w = this.drainWaiter;
-      this.drainWaiter = undefined;
-      w?.();
-    });
+    this.socket.on('drain', () => this.release());
     this.socket.on('error', (e) => this.settle(new VmsError(ErrorCode.CONVERGE, `converge connection for VM ${opts.vm} failed: ${e.message}`, { cause: e })));
     this.socket.on('close', () => this.settle(new VmsError(ErrorCode.CONVERGE, `target closed the converge connection for VM ${opts.vm} before reporting a result`)));
 
@@ -235,8 +251,27 @@ export class ConvergeSource extends Writable {
   }
 
   private afterDrain(cb: (err?: Error | null) => void): void {
-    if (this.socket.writableNeedDrain) this.drainWaiter = cb;
+    // The writer may hold back references standing for far more stream bytes than the window:
+    // send them before waiting for the target to consume, or it never could.
+    if (this.windowShut()) this.writer.flush();
+    if (this.blocked()) this.drainWaiter = cb;
     else cb();
+  }
+
+  private windowShut(): boolean {
+    return this.consumed >= 0 && this.stats.streamBytes - this.consumed > this.windowBytes;
+  }
+
+  /** The socket needs draining, or the target is a window behind. */
+  private blocked(): boolean {
+    return this.socket.writableNeedDrain || this.windowShut();
+  }
+
+  private release(): void {
+    if (!this.drainWaiter || this.blocked()) return;
+    const w = this.drainWaiter;
+    this.drainWaiter = undefined;
+    w();
   }
 
   private onResult(r: ConvergeResult): void {

@@ -21,6 +21,7 @@ import {
   MAX_FRAME_PAYLOAD,
   decodeEnd,
   decodeJson,
+  encodeConsumedFrame,
   encodeJsonFrame,
   encodeStoredFrame,
   type ConvergeResult,
@@ -68,6 +69,9 @@ export class ConvergeTargetConnection {
   private readonly acks: number[] = [];
   private queuedBytes = 0;
   private readonly heldTail: Buffer[] = [];
+  private heldBytes = 0;
+  /** Last CONSUMED count sent to the source. */
+  private reportedConsumed = -1;
   private pumping = false;
   private pumpIdle: (() => void) | undefined;
   private ended = false;
@@ -76,9 +80,13 @@ export class ConvergeTargetConnection {
   private reject!: (e: Error) => void;
   private readonly highWater: number;
 
+  /** The content store of this connection's job (known once HELLO names the job). */
+  private store!: ContentStore;
+
   constructor(
     private readonly socket: Duplex,
-    private readonly store: ContentStore,
+    /** A store, or how to find the job's store from HELLO (content ids are per job). */
+    private readonly storeOf: ContentStore | ((hello: HelloFrame) => ContentStore),
     private readonly factory: IncomingFactory,
     opts: ConvergeTargetOptions = {},
   ) {
@@ -115,6 +123,7 @@ export class ConvergeTargetConnection {
         if (typeof hello.vm !== 'string' || typeof hello.job !== 'string' || hello.version !== CONVERGE_PROTOCOL_VERSION)
           throw new VmsError(ErrorCode.CONVERGE, `bad HELLO ${payload.toString('utf8').slice(0, 200)}: expected { job, vm, version: ${CONVERGE_PROTOCOL_VERSION} }`);
         this.stats.vm = hello.vm;
+        this.store = typeof this.storeOf === 'function' ? this.storeOf(hello) : this.storeOf;
         this.writer = new StreamWriter((chunk) => this.enqueue(chunk));
         this.parser = new StreamParser(this.expander(), { converge: true });
         this.consumerReady = Promise.all([Promise.resolve(this.factory(hello)), loadXxhash()]).then(([c, x]) => {
@@ -123,7 +132,10 @@ export class ConvergeTargetConnection {
           this.hash = x.create64();
           c.stream.on('error', (e) => this.fail(e));
           if (this.failed) c.abort(new VmsError(ErrorCode.CONVERGE, 'converge failed before the target was ready'));
-          else this.pump();
+          else {
+            this.reportConsumed(true);
+            this.pump();
+          }
         });
         this.consumerReady.catch((e: unknown) => this.fail(e));
         return;
@@ -197,6 +209,9 @@ export class ConvergeTargetConnection {
         // Everything before the tail must be queued first, then the tail is held until END.
         this.writer!.flush();
         this.heldTail.push(chunk);
+        // Held on purpose, not for lack of room: it must not hold the source's window shut.
+        this.heldBytes += chunk.length;
+        this.reportConsumed(true);
       },
     };
   }
@@ -216,6 +231,10 @@ export class ConvergeTargetConnection {
       .catch((e: unknown) => this.fail(e))
       .finally(() => {
         this.pumping = false;
+        // A chunk queued after the loop saw an empty queue but before this ran (a socket resume
+        // delivers buffered data on nextTick) would wait for the next arrival, and under the
+        // source's window there may be none: pump again.
+        if (this.queue.length > 0 && !this.failed) return this.pump();
         const idle = this.pumpIdle;
         this.pumpIdle = undefined;
         idle?.();
@@ -230,7 +249,17 @@ export class ConvergeTargetConnection {
       this.write(out, buf);
       if (out.writableNeedDrain) await onceDrain(out);
       if (this.queuedBytes < this.highWater >>> 1 && this.socket.isPaused() && !this.failed) this.socket.resume();
+      this.reportConsumed(this.queue.length === 0);
     }
+  }
+
+  /** Tell the source how far the consumer got (CONSUMED), every 64 KiB and whenever idle. */
+  private reportConsumed(force: boolean): void {
+    if (this.failed || this.socket.destroyed || !this.consumer) return;
+    const consumed = this.stats.streamBytes + this.heldBytes;
+    if (consumed === this.reportedConsumed || (!force && consumed - this.reportedConsumed < 64 * 1024)) return;
+    this.reportedConsumed = consumed;
+    this.socket.write(encodeConsumedFrame(consumed));
   }
 
   private write(out: Writable, buf: Buffer): void {

@@ -1,0 +1,509 @@
+/**
+ * `vmscatter bench scatter`: the multicast scatter against uftp and udpcast (Debian packages),
+ * in the same run, on the same network-namespace topology (a sender and 4 receivers on a
+ * bridge, MTU 9000), sending the same content set (512 MiB; --quick: 64 MiB) to every receiver.
+ *
+ * Reported per tool: MB/s per receiver (1e6 bytes of content / s, from the sender's start to
+ * that receiver's completion), repair overhead, joins and leaves per receiver as the network
+ * saw them (IGMP, one watcher for all tools), the interfaces' own byte counters next to the
+ * program's counters, and the exact commands. Two link settings: unlimited veths (bound by this
+ * machine's CPUs) and the sender's link limited to 1 Gbit/s by tbf (bound by the link).
+ *
+ * Needs root (namespaces, raw sockets). Without it, the result says why and nothing runs.
+ */
+import type { ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { closeSync, createReadStream, mkdirSync, openSync, rmSync, writeSync } from 'node:fs';
+import { cpus, release, totalmem } from 'node:os';
+import { join } from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { ErrorCode, VmsError } from '../src/errors.js';
+import { PAGE_SIZE } from '../src/memory/page.js';
+import type { IgmpEvent } from '../src/transport/igmp-monitor.js';
+import { syntheticPage } from '../src/transport/scatter-child.js';
+import type { ScatterPlan } from '../src/transport/scatter-session.js';
+import { runNetnsScatter, NODE_TSX } from '../test/netns/scatter-run.js';
+import { createTopology, netnsUnavailableReason, receiverAddr, SENDER_ADDR, type LinkCounters, type Topology } from '../test/netns/topology.js';
+
+const RECEIVERS = 4;
+const MTU = 9000;
+const SEED = 20130317;
+/** vmscatter's pacing ceiling on unlimited veths (its AIMD finds what the receivers sustain). */
+const UNLIMITED_CEILING = 250e6;
+const UFTP_PUB = '239.192.255.1';
+const UFTP_PRIV = '239.192.255.2';
+const UDPCAST_RDV = '239.192.255.3';
+const UDPCAST_DATA = '239.192.255.4';
+
+interface ToolRun {
+  tool: 'vmscatter' | 'uftp' | 'udpcast';
+  link: string;
+  complete: boolean;
+  /** Per receiver: content MB/s from the start to its completion. */
+  perReceiverMBps: number[];
+  /** Content MB/s until the last receiver completed (the headline). */
+  MBps: number;
+  seconds: number;
+  /** The tool's own repair figure, % of first-pass data (see repairSource). */
+  repairPct: number | null;
+  repairSource: string;
+  /** Bytes on the sender's link (kernel counter) over content bytes, minus 1, in %. */
+  wireOverheadPct: number;
+  joinsPerReceiver: number[];
+  leavesPerReceiver: number[];
+  counters: {
+    /** Kernel: eth0 byte counters, delta over the run. */
+    senderTxBytes: number;
+    receiverRxBytes: number[];
+    /** The program's own count of bytes it sent (UDP payload), where it gives one. */
+    programSentBytes: number | null;
+    programReceivedBytes: number[] | null;
+  };
+  commands: string[];
+  notes: string[];
+}
+
+function mbps(bytes: number, seconds: number): number {
+  return seconds > 0 ? Math.round((bytes / 1e6 / seconds) * 10) / 10 : 0;
+}
+
+function delta(a: LinkCounters, b: LinkCounters): { tx: number; rx: number } {
+  return { tx: b.txBytes - a.txBytes, rx: b.rxBytes - a.rxBytes };
+}
+
+function waitFor(child: ChildProcess, pred: (line: string) => boolean, timeoutMs: number, what: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let buf = '';
+    const timer = setTimeout(() => reject(new Error(`${what}: timed out after ${timeoutMs} ms`)), timeoutMs);
+    child.stdout?.on('data', (d: Buffer) => {
+      buf += d.toString();
+      const lines = buf.split('\n');
+      buf = lines.pop() ?? '';
+      for (const l of lines) {
+        if (pred(l)) {
+          clearTimeout(timer);
+          resolve(l);
+        }
+      }
+    });
+    child.once('exit', () => {
+      clearTimeout(timer);
+      reject(new Error(`${what} exited early`));
+    });
+  });
+}
+
+function exitOf(child: ChildProcess, timeoutMs: number): Promise<{ code: number | null; at: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    let stdout = '';
+    let stderr = '';
+    child.stdout?.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+    }, timeoutMs);
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      resolve({ code, at: Date.now(), stdout, stderr });
+    });
+  });
+}
+
+/** An IGMP watcher in the sender's namespace for the duration of one tool's run. */
+async function startWatcher(topo: Topology): Promise<{ stop: () => Promise<{ joins: number[]; leaves: number[]; note?: string }> }> {
+  const child = topo.spawn(topo.senderNs, NODE_TSX[0]!, [...NODE_TSX.slice(1), 'bench/igmp-watch.ts', '--iface', SENDER_ADDR]);
+  const events: IgmpEvent[] = [];
+  let note: string | undefined;
+  let buf = '';
+  child.stdout?.on('data', (d: Buffer) => {
+    buf += d.toString();
+    const lines = buf.split('\n');
+    buf = lines.pop() ?? '';
+    for (const l of lines) {
+      if (l.startsWith('{')) events.push(JSON.parse(l) as IgmpEvent);
+      else if (l.startsWith('unavailable')) note = l;
+    }
+  });
+  await waitFor(child, (l) => l === 'ready' || l.startsWith('unavailable'), 30_000, 'igmp watcher').catch(() => undefined);
+  return {
+    async stop() {
+      await new Promise((r) => setTimeout(r, 300)); // late leave reports
+      const done = exitOf(child, 5000);
+      child.kill('SIGTERM');
+      await done;
+      // Count membership transitions per receiver (reports are repeated: robustness).
+      const joins = new Array<number>(RECEIVERS).fill(0);
+      const leaves = new Array<number>(RECEIVERS).fill(0);
+      const state = new Map<string, boolean>();
+      for (const e of events) {
+        const r = Array.from({ length: RECEIVERS }, (_, i) => receiverAddr(i)).indexOf(e.source);
+        if (r < 0) continue;
+        const key = `${r} ${e.group}`;
+        const member = state.get(key) ?? false;
+        if (e.type === 'join' && !member) {
+          joins[r]!++;
+          state.set(key, true);
+        } else if (e.type === 'leave' && member) {
+          leaves[r]!++;
+          state.set(key, false);
+        }
+      }
+      return note ? { joins, leaves, note } : { joins, leaves };
+    },
+  };
+}
+
+function writeSourceFile(path: string, pages: number): void {
+  const chunkPages = 4096;
+  const buf = Buffer.allocUnsafe(chunkPages * PAGE_SIZE);
+  const fd = openSync(path, 'w');
+  try {
+    for (let p = 0; p < pages; p += chunkPages) {
+      const n = Math.min(chunkPages, pages - p);
+      for (let i = 0; i < n; i++) syntheticPage(SEED, p + i, buf, i * PAGE_SIZE);
+      writeSync(fd, buf, 0, n * PAGE_SIZE);
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
+
+async function fileSha256(path: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const chunk of createReadStream(path, { highWaterMark: 8 * 1024 * 1024 })) h.update(chunk as Buffer);
+  return h.digest('hex');
+}
+
+/** storeDigest() of receiver-main over ids 0..pages-1, from the source file. */
+async function setDigestOfFile(path: string): Promise<string> {
+  const h = createHash('sha256');
+  const idb = Buffer.allocUnsafe(4);
+  let id = 0;
+  let rest = Buffer.alloc(0);
+  for await (const chunk of createReadStream(path, { highWaterMark: 8 * 1024 * 1024 })) {
+    let b = rest.length ? Buffer.concat([rest, chunk as Buffer]) : (chunk as Buffer);
+    let off = 0;
+    while (off + PAGE_SIZE <= b.length) {
+      idb.writeUInt32BE(id++, 0);
+      h.update(idb);
+      h.update(b.subarray(off, off + PAGE_SIZE));
+      off += PAGE_SIZE;
+    }
+    rest = Buffer.from(b.subarray(off));
+    b = Buffer.alloc(0);
+  }
+  return h.digest('hex');
+}
+
+async function runVmscatter(topo: Topology, link: string, pages: number, expectDigest: string, rate: number): Promise<ToolRun> {
+  const bytes = pages * PAGE_SIZE;
+  const plan: ScatterPlan = {
+    targets: Array.from({ length: RECEIVERS }, (_, i) => `r${i + 1}`),
+    groups: [{ id: 0, targets: [0, 1, 2, 3], contents: Uint32Array.from({ length: pages }, (_, i) => i) }],
+    order: [0],
+  };
+  const watcher = await startWatcher(topo);
+  const before = await topo.linkCounters();
+  const r = await runNetnsScatter(topo, { plan, seed: SEED, mtu: MTU, auth: false, rateBytesPerSec: rate, timeoutMs: 120_000, igmp: 'auto' });
+  const after = await topo.linkCounters();
+  const igmp = await watcher.stop();
+  const start = r.sender.runStartedAt;
+  const per = r.receivers.map((x) => (x.counters.completeAt > 0 ? mbps(bytes, (x.counters.completeAt - start) / 1000) : 0));
+  const last = Math.max(...r.receivers.map((x) => x.counters.completeAt || Infinity));
+  const complete = r.receivers.every((x) => x.held.length === pages && x.setDigest === expectDigest);
+  const s = r.sender.sender;
+  const senderTx = delta(before.sender, after.sender).tx;
+  return {
+    tool: 'vmscatter',
+    link,
+    complete,
+    perReceiverMBps: per,
+    MBps: Number.isFinite(last) ? mbps(bytes, (last - start) / 1000) : 0,
+    seconds: Number.isFinite(last) ? (last - start) / 1000 : NaN,
+    repairPct: Math.round((s.repairBytes / s.dataBytes) * 10000) / 100,
+    repairSource: `sender counters: repair DATA bytes / first-pass DATA bytes (${s.repairs} repair datagrams: ${s.repairsMulticast} multicast, ${s.repairsUnicast} unicast)`,
+    wireOverheadPct: Math.round((senderTx / bytes - 1) * 10000) / 100,
+    joinsPerReceiver: igmp.joins,
+    leavesPerReceiver: igmp.leaves,
+    counters: {
+      senderTxBytes: senderTx,
+      receiverRxBytes: after.receivers.map((a, i) => delta(before.receivers[i]!, a).rx),
+      programSentBytes: s.bytesSent,
+      programReceivedBytes: r.receivers.map((x) => x.counters.bytes),
+    },
+    commands: r.commands,
+    notes: [
+      `rate ceiling ${Math.round(rate / 1e6)} MB/s, final ${Math.round(s.finalRateBytesPerSec / 1e6)} MB/s after ${s.rateBackoffs} backoffs`,
+      `receiver CPU per content MB (user+sys ms): ${r.receivers.map((x) => ((x.cpuMs.user + x.cpuMs.system) / (bytes / 1e6)).toFixed(2)).join(' ')}; event-loop delay max (ms): ${r.receivers.map((x) => Math.round(x.loopDelayMs.max)).join(' ')}`,
+      `receivers' own join/leave count: ${r.receivers.map((x) => `${x.counters.joins}/${x.counters.leaves}`).join(' ')}; sender IGMP check: ${s.igmp.checked ? `${s.igmpSeen} joins seen` : s.igmp.reason}`,
+      ...(igmp.note ? [igmp.note] : []),
+    ],
+  };
+}
+
+async function runUftp(topo: Topology, link: string, dir: string, src: string, srcSha: string, bytes: number): Promise<ToolRun> {
+  const watcher = await startWatcher(topo);
+  const commands: string[] = [];
+  const daemons: ChildProcess[] = [];
+  for (let i = 0; i < RECEIVERS; i++) {
+    const d = join(dir, `uftp-r${i + 1}`);
+    mkdirSync(d, { recursive: true });
+    const args = ['-d', '-I', 'eth0', '-M', UFTP_PUB, '-D', d, '-B', String(4 * 1024 * 1024)];
+    commands.push(`ip netns exec ${topo.receiverNs(i)} uftpd ${args.join(' ')}`);
+    const c = topo.spawn(topo.receiverNs(i), 'uftpd', args);
+    c.stdout?.resume();
+    c.stderr?.resume();
+    daemons.push(c);
+  }
+  await new Promise((r) => setTimeout(r, 700)); // uftpd prints nothing useful on start
+  const before = await topo.linkCounters();
+  const ids = Array.from({ length: RECEIVERS }, (_, i) => `0x${(0x0ac8000b + i).toString(16).padStart(8, '0')}`);
+  const args = ['-I', 'eth0', '-M', UFTP_PUB, '-P', UFTP_PRIV, '-R', '-1', '-b', '8800', '-B', String(4 * 1024 * 1024), '-H', ids.join(','), src];
+  commands.push(`ip netns exec ${topo.senderNs} uftp ${args.join(' ')}`);
+  const t0 = Date.now();
+  const sender = topo.spawn(topo.senderNs, 'uftp', args);
+  const res = await exitOf(sender, 120_000);
+  const after = await topo.linkCounters();
+  for (const d of daemons) d.kill('SIGTERM');
+  const igmp = await watcher.stop();
+  const out = res.stdout + res.stderr;
+  const seconds = (res.at - t0) / 1000;
+  const perHost = ids.map((id) => {
+    const m = new RegExp(`Host: ${id}\\s+Status: Completed\\s+time:\\s+([0-9.]+) seconds`, 'i').exec(out);
+    return m ? Number(m[1]) : null;
+  });
+  let complete = res.code === 0;
+  for (let i = 0; i < RECEIVERS; i++) {
+    try {
+      complete &&= (await fileSha256(join(dir, `uftp-r${i + 1}`, 'src.bin'))) === srcSha;
+    } catch {
+      complete = false;
+    }
+    rmSync(join(dir, `uftp-r${i + 1}`), { recursive: true, force: true });
+  }
+  const naks = [...out.matchAll(/Got (\d+) NAKs/g)].reduce((a, m) => a + Number(m[1]), 0);
+  const blocks = Math.ceil(bytes / 8800);
+  const passes = [...out.matchAll(/Starting pass (\d+)/g)].length;
+  const senderTx = delta(before.sender, after.sender).tx;
+  return {
+    tool: 'uftp',
+    link,
+    complete,
+    // uftp ends when every receiver has completed; its own per-host times exclude the announce phase.
+    perReceiverMBps: ids.map(() => mbps(bytes, seconds)),
+    MBps: mbps(bytes, seconds),
+    seconds,
+    repairPct: Math.round((naks / blocks) * 10000) / 100,
+    repairSource: `uftp log: NAKs summed over clients / blocks (upper bound of blocks resent; ${passes} passes)`,
+    wireOverheadPct: Math.round((senderTx / bytes - 1) * 10000) / 100,
+    joinsPerReceiver: igmp.joins,
+    leavesPerReceiver: igmp.leaves,
+    counters: { senderTxBytes: senderTx, receiverRxBytes: after.receivers.map((a, i) => delta(before.receivers[i]!, a).rx), programSentBytes: null, programReceivedBytes: null },
+    commands,
+    notes: [`uftp's own per-host transfer times (s, data phase only): ${perHost.map((t) => t ?? '?').join(' ')}`, ...(igmp.note ? [igmp.note] : [])],
+  };
+}
+
+async function runUdpcast(topo: Topology, link: string, dir: string, src: string, srcSha: string, bytes: number): Promise<ToolRun> {
+  const watcher = await startWatcher(topo);
+  const commands: string[] = [];
+  const receivers: Array<Promise<{ code: number | null; at: number; stdout: string; stderr: string }>> = [];
+  for (let i = 0; i < RECEIVERS; i++) {
+    const f = join(dir, `udpcast-r${i + 1}.bin`);
+    const args = ['--interface', 'eth0', '--file', f, '--nokbd', '--portbase', '9000', '--mcast-rdv-address', UDPCAST_RDV, '--ttl', '1'];
+    commands.push(`ip netns exec ${topo.receiverNs(i)} udp-receiver ${args.join(' ')}`);
+    receivers.push(exitOf(topo.spawn(topo.receiverNs(i), 'udp-receiver', args), 120_000));
+  }
+  await new Promise((r) => setTimeout(r, 700));
+  const before = await topo.linkCounters();
+  const args = ['--interface', 'eth0', '--file', src, '--min-receivers', String(RECEIVERS), '--nokbd', '--portbase', '9000', '--mcast-rdv-address', UDPCAST_RDV, '--mcast-data-address', UDPCAST_DATA, '--blocksize', '8800', '--max-slice-size', '1024', '--ttl', '1', '--nopointopoint'];
+  commands.push(`ip netns exec ${topo.senderNs} udp-sender ${args.join(' ')}`);
+  const t0 = Date.now();
+  const sender = topo.spawn(topo.senderNs, 'udp-sender', args);
+  const res = await exitOf(sender, 120_000);
+  const recv = await Promise.all(receivers);
+  const after = await topo.linkCounters();
+  const igmp = await watcher.stop();
+  let complete = res.code === 0 && recv.every((r) => r.code === 0);
+  for (let i = 0; i < RECEIVERS; i++) {
+    const f = join(dir, `udpcast-r${i + 1}.bin`);
+    try {
+      complete &&= (await fileSha256(f)) === srcSha;
+    } catch {
+      complete = false;
+    }
+    rmSync(f, { force: true });
+  }
+  const out = (res.stdout + res.stderr).replace(/\r/g, '\n');
+  const rex = [...out.matchAll(/re-xmits=(\d+)\s*\(\s*([0-9.]+)%\)/g)].pop();
+  const per = recv.map((r) => mbps(bytes, (r.at - t0) / 1000));
+  const last = Math.max(...recv.map((r) => r.at), res.at);
+  const senderTx = delta(before.sender, after.sender).tx;
+  return {
+    tool: 'udpcast',
+    link,
+    complete,
+    perReceiverMBps: per,
+    MBps: mbps(bytes, (last - t0) / 1000),
+    seconds: (last - t0) / 1000,
+    repairPct: rex ? Number(rex[2]) : null,
+    repairSource: `udp-sender progress line: re-xmits (${rex ? rex[1] : '?'} blocks) in % of blocks`,
+    wireOverheadPct: Math.round((senderTx / bytes - 1) * 10000) / 100,
+    joinsPerReceiver: igmp.joins,
+    leavesPerReceiver: igmp.leaves,
+    counters: { senderTxBytes: senderTx, receiverRxBytes: after.receivers.map((a, i) => delta(before.receivers[i]!, a).rx), programSentBytes: null, programReceivedBytes: null },
+    commands,
+    notes: igmp.note ? [igmp.note] : [],
+  };
+}
+
+function version(cmd: string, args: string[]): string {
+  try {
+    return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).split('\n')[0]!.trim();
+  } catch (err) {
+    const e = err as { stdout?: string; stderr?: string };
+    return (e.stdout || e.stderr || '?').split('\n')[0]!.trim();
+  }
+}
+
+function pkgVersion(pkg: string): string {
+  try {
+    return execFileSync('dpkg-query', ['-W', '-f', '${Version}', pkg], { encoding: 'utf8' });
+  } catch {
+    return '?';
+  }
+}
+
+export async function runScatterBench(opts: { quick: boolean; json: boolean }): Promise<Record<string, unknown>> {
+  const log = (s: string): void => {
+    if (!opts.json) process.stdout.write(`${s}\n`);
+    else process.stderr.write(`${s}\n`);
+  };
+  const reason = await netnsUnavailableReason();
+  if (reason) {
+    if (process.env.CI === 'true') throw new VmsError(ErrorCode.CONFIG, `bench scatter needs network namespaces: ${reason}`);
+    log(`bench scatter skipped: ${reason}`);
+    return { skipped: reason, vmscatterMBps: null, uftpMBps: null, udpcastMBps: null, complete: false };
+  }
+  const bytes = (opts.quick ? 64 : 512) * 1024 * 1024;
+  const pages = bytes / PAGE_SIZE;
+  const links: Array<{ name: string; rate?: string; bytesPerSec?: number }> = opts.quick ? [{ name: 'unlimited' }] : [{ name: 'unlimited' }, { name: '1gbit', rate: '1gbit', bytesPerSec: 125e6 }];
+  const have = (cmd: string): boolean => {
+    try {
+      execFileSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' });
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  const missingBinaries: Record<string, string | undefined> = {
+    vmscatter: undefined,
+    uftp: have('uftp') && have('uftpd') ? undefined : 'uftp/uftpd not installed (Debian package uftp)',
+    udpcast: have('udp-sender') && have('udp-receiver') ? undefined : 'udp-sender/udp-receiver not installed (Debian package udpcast)',
+  };
+  const dir = `/dev/shm/vmscatter-bench-${process.pid}`;
+  mkdirSync(dir, { recursive: true });
+  const runs: ToolRun[] = [];
+  try {
+    const src = join(dir, 'src.bin');
+    log(`bench scatter: ${bytes / 1048576} MiB to ${RECEIVERS} receivers, MTU ${MTU}, links: ${links.map((l) => l.name).join(', ')}`);
+    writeSourceFile(src, pages);
+    const srcSha = await fileSha256(src);
+    const setDigest = await setDigestOfFile(src);
+    for (const link of links) {
+      const topo = await createTopology({ receivers: RECEIVERS, mtu: MTU, ...(link.rate ? { senderRate: link.rate } : {}) });
+      try {
+        // vmscatter paces itself: ceiling at the link rate when it has one (uftp -R -1 and
+        // udpcast are held back by the qdisc instead).
+        const rate = link.bytesPerSec ? link.bytesPerSec * 0.97 : UNLIMITED_CEILING;
+        for (const tool of ['vmscatter', 'uftp', 'udpcast'] as const) {
+          const missing = missingBinaries[tool];
+          if (missing) {
+            log(`  ${link.name}: ${tool} skipped: ${missing}`);
+            continue;
+          }
+          log(`  ${link.name}: ${tool} ...`);
+          const r =
+            tool === 'vmscatter'
+              ? await runVmscatter(topo, link.name, pages, setDigest, rate)
+              : tool === 'uftp'
+                ? await runUftp(topo, link.name, dir, src, srcSha, bytes)
+                : await runUdpcast(topo, link.name, dir, src, srcSha, bytes);
+          runs.push(r);
+          log(`    ${r.MBps} MB/s (per receiver ${r.perReceiverMBps.join(' ')}), complete ${r.complete}, repair ${r.repairPct}%, wire overhead ${r.wireOverheadPct}%, joins ${r.joinsPerReceiver.join('/')} leaves ${r.leavesPerReceiver.join('/')}`);
+        }
+      } finally {
+        await topo.destroy();
+      }
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  const pick = (tool: string, link: string): ToolRun | undefined => runs.find((r) => r.tool === tool && r.link === link);
+  const head = 'unlimited';
+  const v = pick('vmscatter', head);
+  const u = pick('uftp', head);
+  const c = pick('udpcast', head);
+  const ratio = (a?: ToolRun, b?: ToolRun): number | null => (a && b && b.MBps > 0 ? Math.round((a.MBps / b.MBps) * 100) / 100 : null);
+  const byLink = links.map((l) => {
+    const vv = pick('vmscatter', l.name);
+    return {
+      link: l.name,
+      vmscatterMBps: vv?.MBps ?? null,
+      uftpMBps: pick('uftp', l.name)?.MBps ?? null,
+      udpcastMBps: pick('udpcast', l.name)?.MBps ?? null,
+      vsUftp: ratio(vv, pick('uftp', l.name)),
+      vsUdpcast: ratio(vv, pick('udpcast', l.name)),
+    };
+  });
+  const result: Record<string, unknown> = {
+    bench: 'scatter',
+    vmscatterMBps: v?.MBps ?? null,
+    uftpMBps: u?.MBps ?? null,
+    udpcastMBps: c?.MBps ?? null,
+    complete: runs.filter((r) => r.tool === 'vmscatter').every((r) => r.complete),
+    allToolsComplete: runs.every((r) => r.complete),
+    vsUftp: ratio(v, u),
+    vsUdpcast: ratio(v, c),
+    goals: { vsUftp: '>= 1.0', vsUdpcast: '>= 1.5', met: (ratio(v, u) ?? 0) >= 1 && (ratio(v, c) ?? 0) >= 1.5 },
+    byLink,
+    headlineLink: head,
+    contentBytes: bytes,
+    receivers: RECEIVERS,
+    mtu: MTU,
+    seed: SEED,
+    runs,
+    machine: { nproc: cpus().length, memoryBytes: totalmem(), kernel: release(), node: process.version },
+    versions: { uftp: pkgVersion('uftp'), udpcast: pkgVersion('udpcast'), iproute2: pkgVersion('iproute2'), tc: version('tc', ['-V']) },
+    date: new Date().toISOString(),
+    reproduce: `vmscatter bench scatter${opts.quick ? ' --quick' : ''}${opts.json ? ' --json' : ''}`,
+    definitions: {
+      MBps: '1e6 bytes of content per second, from the sender start to the last receiver complete',
+      perReceiverMBps: 'the same, to each receiver completion (uftp: sender exit, when every receiver has completed)',
+      wireOverheadPct: "sender eth0 tx bytes (kernel counter, all headers and control included) / content bytes - 1",
+    },
+  };
+  if (!opts.json) {
+    log('');
+    log(`link       tool        MB/s   per receiver              repair%  wire%   joins/leaves per receiver`);
+    for (const r of runs) {
+      log(`${r.link.padEnd(10)} ${r.tool.padEnd(10)} ${String(r.MBps).padStart(6)}   ${r.perReceiverMBps.join(' ').padEnd(24)} ${String(r.repairPct ?? '?').padStart(7)}  ${String(r.wireOverheadPct).padStart(6)}   ${r.joinsPerReceiver.map((j, i) => `${j}/${r.leavesPerReceiver[i]}`).join(' ')}${r.complete ? '' : '  INCOMPLETE'}`);
+    }
+    for (const b of byLink) log(`${b.link}: vmscatter/uftp ${b.vsUftp}x, vmscatter/udpcast ${b.vsUdpcast}x`);
+  }
+  return result;
+}
+
+// Allow `node --import tsx bench/scatter.ts [--quick] [--json]` directly.
+if (process.argv[1] && import.meta.url === new URL(`file://${process.argv[1]}`).href) {
+  const quick = process.argv.includes('--quick');
+  const json = process.argv.includes('--json');
+  runScatterBench({ quick, json })
+    .then((r) => {
+      if (json) process.stdout.write(`${JSON.stringify(r, null, 2)}\n`);
+    })
+    .catch((err: unknown) => {
+      process.stderr.write(`${(err as Error).stack ?? String(err)}\n`);
+      process.exit(1);
+    });
+}

@@ -1,0 +1,1004 @@
+/**
+ * The source side of the scatter: sends every group's contents once on the group's multicast
+ * address, paced by a byte token bucket, then repairs what targets NACK and collects their
+ * reports. Knowledge of "target T holds content C" comes only from those reports.
+ *
+ * Groups go in plan order. A group starts when every member has confirmed its join (or after
+ * `joinTimeoutMs`); while one group is in its first pass, earlier groups may still be in repair,
+ * so the link does not idle during polls. Repairs are aggregated for a few ms: a datagram that
+ * several targets lack is multicast once, one that a single target lacks goes to it by unicast;
+ * a NACK arriving within the hold-off after a repair of the same datagram is ignored (it was
+ * sent before the repair arrived).
+ */
+import { ErrorCode, VmsError } from '../errors.js';
+import { PAGE_SIZE } from '../memory/page.js';
+import {
+  ALL_GROUPS,
+  AUTH_TRAILER_BYTES,
+  DatagramAuth,
+  Flag,
+  HEADER_BYTES,
+  IP_UDP_OVERHEAD,
+  Kind,
+  MAX_CONTROL_BYTES,
+  SENDER_ORIGIN,
+  decodeHeader,
+  decodeJoinBody,
+  decodeReportHead,
+  decodeSeqSet,
+  decodeStatsBody,
+  decodeStatusBody,
+  encodeControl,
+  encodeU32Body,
+  fragmentSpan,
+  newHeader,
+  parseAuthKey,
+  writeHeader,
+  type DatagramLayout,
+  type ReceiverCounters,
+} from '../wire/datagram.js';
+import { IgmpMonitor, type IgmpEvent } from './igmp-monitor.js';
+import { layoutOf, type ScatterSession, type SessionGroup } from './scatter-session.js';
+import { udpNetwork, type Peer, type ScatterNetwork, type ScatterSocket } from './scatter-transport.js';
+import { TokenBucket } from './token-bucket.js';
+
+export interface ScatterSenderOptions {
+  session: ScatterSession;
+  /** Bytes of a content (PAGE_SIZE at offset 0), or undefined to skip it (converge will carry it). */
+  contentBytes: (id: number) => Buffer | undefined;
+  /** Interface address multicast leaves by (default: session.sender.address). */
+  iface?: string;
+  network?: ScatterNetwork;
+  /** Pacing ceiling, bytes/s on the wire (default 125 MB/s, a 1 Gbit/s link). */
+  rateBytesPerSec?: number;
+  /** Starting rate, fraction of the ceiling (default 0.5; it grows until the first loss). */
+  rateInitialFraction?: number;
+  /** Lowest rate NACK backoff may reach, fraction of the ceiling (default 0.05). */
+  rateFloorFraction?: number;
+  /** NACKed/sent fraction above which the rate backs off (default 0.03). */
+  backoffLoss?: number;
+  /** Wait this long for a group's members to confirm their join (default 2000 ms). */
+  joinTimeoutMs?: number;
+  /** Wait this long for a target's first hello before treating it as absent (default 3000 ms). */
+  helloTimeoutMs?: number;
+  /** Repair rounds per group before giving up on the targets still lacking data (default 60). */
+  maxPollRounds?: number;
+  /** Give up on a target that has not answered this many polls in a row (default 8). */
+  maxSilentPolls?: number;
+  /** Overall limit for the report phase (default 5000 ms). */
+  reportTimeoutMs?: number;
+  /** Collect NACKs this long before deciding multicast vs unicast (default 3 ms). */
+  repairAggregateMs?: number;
+  /** Listen to IGMP membership reports (needs CAP_NET_RAW): 'auto' tries and says why not. Default 'auto'. */
+  igmp?: boolean | 'auto';
+  onProgress?: (p: ScatterProgress) => void;
+  /** Progress callback interval (default 100 ms). */
+  progressIntervalMs?: number;
+}
+
+export interface ScatterProgress {
+  phase: 'join' | 'send' | 'repair' | 'report' | 'done';
+  /** Group id being sent (first pass), -1 when none. */
+  group: number;
+  groupsDone: number;
+  groupsTotal: number;
+  /** Content bytes sent in first passes so far / total to send. */
+  bytesSent: number;
+  bytesTotal: number;
+  contentsSent: number;
+  contentsTotal: number;
+  repairs: number;
+  rateBytesPerSec: number;
+}
+
+export interface GroupStats {
+  id: number;
+  address: string;
+  targets: number[];
+  contents: number;
+  /** Contents skipped because contentBytes gave none. */
+  skipped: number;
+  datagrams: number;
+  repairs: number;
+  repairsMulticast: number;
+  repairsUnicast: number;
+  pollRounds: number;
+  /** Targets that confirmed their join before the group started. */
+  joinsConfirmed: number[];
+  /** Targets the network (IGMP) saw join the group; null when the check was skipped. */
+  igmpJoined: number[] | null;
+  /** Targets that did not end the group with every datagram (they rely on converge). */
+  incomplete: number[];
+  firstPassMs: number;
+  totalMs: number;
+}
+
+export interface SenderStats {
+  /** UDP payload bytes sent, every datagram (data, repairs, control). */
+  bytesSent: number;
+  /** DATA bytes of first passes (what an ideal lossless scatter sends). */
+  dataBytes: number;
+  /** DATA bytes of repairs. */
+  repairBytes: number;
+  datagrams: number;
+  repairs: number;
+  repairsMulticast: number;
+  repairsUnicast: number;
+  /** NACK messages received and sequence numbers they named. */
+  nacks: number;
+  nackedSeqs: number;
+  /** Control datagrams dropped: malformed, foreign (other job/kind), spoofed (bad auth). */
+  dropped: number;
+  malformed: number;
+  foreign: number;
+  spoofed: number;
+  sendErrors: number;
+  /** (target, group) join confirmations received before the group started. */
+  joinsConfirmed: number;
+  joinsMissing: number;
+  /** (target, group) joins the network saw (IGMP); null when the check was skipped. */
+  igmpSeen: number | null;
+  igmp: { checked: boolean; reason?: string };
+  rateBackoffs: number;
+  finalRateBytesPerSec: number;
+  elapsedMs: number;
+  groups: GroupStats[];
+}
+
+export interface TargetReport {
+  target: number;
+  name: string;
+  /** Content ids the target reported holding, ascending (only from its REPORTs). */
+  held: Uint32Array;
+  /** Bytes (UDP payload) the target received, from its STATS; 0 when it never reported. */
+  bytes: number;
+  /** Repair datagrams the target received. */
+  repairs: number;
+  /** Whether the target answered the report request completely. */
+  reported: boolean;
+  /** Whether it holds every content the plan gives it that the sender had bytes for. */
+  complete: boolean;
+  counters: ReceiverCounters | null;
+}
+
+export interface ScatterResult {
+  targets: TargetReport[];
+  sender: SenderStats;
+}
+
+const RING = 4096;
+const REPAIR_HOLDOFF_MIN_MS = 15;
+
+const enum GState {
+  Waiting,
+  Sending,
+  Repairing,
+  Done,
+}
+
+interface TargetState {
+  index: number;
+  peer: Peer | null;
+  joined: Set<number>;
+  joinVersion: number;
+  absent: boolean;
+  /** Per group: REPORT chunk bitmaps. */
+  reportChunks: Map<number, { count: number; got: Uint8Array; gotN: number; held: Uint8Array }>;
+  counters: ReceiverCounters | null;
+  byeAcked: boolean;
+  doneResentAt: number;
+}
+
+interface GroupTx {
+  g: SessionGroup;
+  state: GState;
+  members: number[];
+  pages: Buffer[];
+  sendIds: Uint32Array;
+  skipped: number;
+  nDatagrams: number;
+  nextSeq: number;
+  waitingSince: number;
+  startedAt: number;
+  firstPassAt: number;
+  doneAt: number;
+  // repair state, per datagram
+  wantFirst: Int16Array; // -1 none, target index, -2 several
+  queuedAt: Float64Array;
+  lastRepairAt: Float64Array;
+  lastRepairTo: Int16Array; // -1 never, -2 multicast, target
+  /** When each datagram was first sent (ms, performance.now()). */
+  sentAt: Float64Array;
+  /** Per member target: datagrams it has NACKed at least once (bitmap), for the loss estimate. */
+  nackedBy: Map<number, Uint8Array>;
+  queue: number[];
+  queueHead: number;
+  // polling
+  complete: Set<number>;
+  gaveUp: Set<number>;
+  silent: Map<number, number>;
+  pollRound: number;
+  nextPollAt: number;
+  pollSentAt: number;
+  doneSent: number;
+  joinsConfirmed: number[];
+  stats: GroupStats;
+}
+
+/** Sender of one scatter job. `open()` binds its control socket; `run()` performs the scatter. */
+export class ScatterSender {
+  readonly session: ScatterSession;
+  private readonly layout: DatagramLayout;
+  private readonly auth: DatagramAuth | null;
+  private readonly o: ScatterSenderOptions;
+  private sock: ScatterSocket | null = null;
+  private readonly targets: TargetState[];
+  private readonly groups = new Map<number, GroupTx>();
+  private readonly orderTx: GroupTx[] = [];
+  private bucket: TokenBucket;
+  private readonly hdr = newHeader();
+  // Preallocated datagram header slots (header + extra page ids) and auth trailers.
+  private readonly slotBytes: number;
+  private readonly slots: Buffer;
+  private readonly trailers: Buffer;
+  private slotNext = 0;
+  private readonly parts: Buffer[] = [];
+  private readonly burstDatagrams: number;
+  private timer: NodeJS.Timeout | null = null;
+  private running = false;
+  private finished = false;
+  private startedAt = 0;
+  private readonly stats: SenderStats;
+  private rttMs = 20;
+  private igmp: IgmpMonitor | null = null;
+  private readonly igmpEvents: IgmpEvent[] = [];
+  private lastProgressAt = 0;
+  private contentsTotal = 0;
+  private bytesTotal = 0;
+  private contentsSent = 0;
+  private phase: ScatterProgress['phase'] = 'join';
+  private resolveRun: ((r: ScatterResult) => void) | null = null;
+  private rejectRun: ((e: unknown) => void) | null = null;
+  private reportStartedAt = 0;
+  private nextReportReqAt = 0;
+  private byeStartedAt = 0;
+  private byeTries = 0;
+  /** Address -> groups sent on it (several when the plan's channels share addresses). */
+  private readonly groupAddresses = new Map<string, number[]>();
+
+  private constructor(o: ScatterSenderOptions) {
+    this.o = o;
+    this.session = o.session;
+    this.layout = layoutOf(o.session);
+    const key = o.session.key !== undefined ? parseAuthKey(o.session.key) : null;
+    if (o.session.key !== undefined && !key) throw new VmsError(ErrorCode.CONFIG, 'scatter session key must be 16 or 32 bytes in hex');
+    this.auth = key ? new DatagramAuth(key, SENDER_ORIGIN) : null;
+    this.targets = o.session.targets.map((_, i) => ({
+      index: i,
+      peer: null,
+      joined: new Set(),
+      joinVersion: -1,
+      absent: false,
+      reportChunks: new Map(),
+      counters: null,
+      byeAcked: false,
+      doneResentAt: 0,
+    }));
+    const rate = o.rateBytesPerSec ?? 125e6;
+    const wireBytes = this.layout.maxDatagramBytes + IP_UDP_OVERHEAD;
+    this.burstDatagrams = Math.max(64, Math.ceil((rate * 0.002) / wireBytes));
+    this.bucket = new TokenBucket({
+      rateBytesPerSec: rate,
+      burstBytes: Math.max(8 * wireBytes, rate * 0.004),
+      initialFraction: o.rateInitialFraction ?? 0.5,
+      floorFraction: o.rateFloorFraction ?? 0.05,
+      backoffLoss: o.backoffLoss ?? 0.03,
+    });
+    this.slotBytes = HEADER_BYTES + 4 * (this.layout.pagesPerDatagram - 1);
+    this.slots = Buffer.alloc(RING * this.slotBytes);
+    this.trailers = Buffer.alloc(RING * AUTH_TRAILER_BYTES);
+    this.stats = {
+      bytesSent: 0,
+      dataBytes: 0,
+      repairBytes: 0,
+      datagrams: 0,
+      repairs: 0,
+      repairsMulticast: 0,
+      repairsUnicast: 0,
+      nacks: 0,
+      nackedSeqs: 0,
+      dropped: 0,
+      malformed: 0,
+      foreign: 0,
+      spoofed: 0,
+      sendErrors: 0,
+      joinsConfirmed: 0,
+      joinsMissing: 0,
+      igmpSeen: null,
+      igmp: { checked: false },
+      rateBackoffs: 0,
+      finalRateBytesPerSec: rate,
+      elapsedMs: 0,
+      groups: [],
+    };
+    for (const g of o.session.groups) {
+      const list = this.groupAddresses.get(g.address);
+      if (list) list.push(g.id);
+      else this.groupAddresses.set(g.address, [g.id]);
+    }
+  }
+
+  /** Bind the control socket on session.sender (port 0 = ephemeral: session.sender.port is updated). */
+  static async open(o: ScatterSenderOptions): Promise<ScatterSender> {
+    const s = new ScatterSender(o);
+    const net = o.network ?? udpNetwork;
+    s.sock = await net.open({
+      bindAddress: o.session.sender.address,
+      port: o.session.sender.port,
+      iface: o.iface ?? o.session.sender.address,
+      onMessage: (msg, from) => s.onControl(msg, from),
+    });
+    s.session.sender.port = s.sock.local.port;
+    try {
+      // Listen to IGMP from now on: targets that join after this are seen as they join.
+      await s.startIgmp();
+    } catch (err) {
+      s.close();
+      throw err;
+    }
+    return s;
+  }
+
+  /** Run the scatter to the end: every group sent and repaired, every target's report collected. */
+  async run(): Promise<ScatterResult> {
+    if (this.running || this.finished) throw new VmsError(ErrorCode.SCATTER, 'ScatterSender.run() may be called once');
+    if (!this.sock) throw new VmsError(ErrorCode.SCATTER, 'ScatterSender not opened');
+    this.running = true;
+    this.startedAt = performance.now();
+    if (this.igmp) {
+      // Targets that joined before the monitor started: ask every host to report its groups
+      // now (answers within 100 ms), before early groups finish and are left.
+      if (await this.igmp.query(100)) await new Promise((r) => setTimeout(r, 150));
+      else this.stats.igmp.reason = 'general query could not be sent: joins made before the sender opened are not seen';
+    }
+    this.prepareGroups();
+    return new Promise<ScatterResult>((resolve, reject) => {
+      this.resolveRun = resolve;
+      this.rejectRun = reject;
+      this.schedule(0);
+    });
+  }
+
+  /** Stop and release sockets (also after run() resolved). */
+  close(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    this.sock?.close();
+    this.sock = null;
+    this.igmp?.close();
+    this.igmp = null;
+    if (this.running && !this.finished) {
+      this.finished = true;
+      this.rejectRun?.(new VmsError(ErrorCode.CANCELLED, 'scatter sender closed before the scatter finished'));
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+
+  private async startIgmp(): Promise<void> {
+    const want = this.o.igmp ?? 'auto';
+    if (want === false) {
+      this.stats.igmp = { checked: false, reason: 'disabled by configuration' };
+      return;
+    }
+    const iface = this.o.iface ?? this.session.sender.address;
+    if (iface.startsWith('127.')) {
+      this.stats.igmp = { checked: false, reason: 'loopback interface: Linux sends no IGMP reports on lo' };
+      return;
+    }
+    const r = await IgmpMonitor.start({ iface, onEvent: (e) => this.igmpEvents.push(e) });
+    if (r.monitor) {
+      this.igmp = r.monitor;
+      this.stats.igmp = { checked: true };
+      this.stats.igmpSeen = 0;
+    } else {
+      this.stats.igmp = { checked: false, reason: r.reason };
+      if (want === true) throw new VmsError(ErrorCode.SCATTER, `IGMP join check requested but unavailable: ${r.reason}`);
+    }
+  }
+
+  private prepareGroups(): void {
+    const byId = new Map(this.session.groups.map((g) => [g.id, g]));
+    for (const gid of this.session.order) {
+      const g = byId.get(gid)!;
+      const n = g.contents.length;
+      const nMax = this.layout.fragmentsPerPage > 1 ? n * this.layout.fragmentsPerPage : Math.ceil(n / this.layout.pagesPerDatagram);
+      const tx: GroupTx = {
+        g,
+        state: GState.Waiting,
+        members: g.targets.slice(),
+        pages: [],
+        sendIds: new Uint32Array(0),
+        skipped: 0,
+        nDatagrams: 0,
+        nextSeq: 0,
+        waitingSince: -1,
+        startedAt: 0,
+        firstPassAt: 0,
+        doneAt: 0,
+        wantFirst: new Int16Array(nMax).fill(-1),
+        queuedAt: new Float64Array(nMax),
+        lastRepairAt: new Float64Array(nMax),
+        lastRepairTo: new Int16Array(nMax).fill(-1),
+        sentAt: new Float64Array(nMax),
+        nackedBy: new Map(g.targets.map((t) => [t, new Uint8Array(Math.ceil(nMax / 8))])),
+        queue: [],
+        queueHead: 0,
+        complete: new Set(),
+        gaveUp: new Set(),
+        silent: new Map(),
+        pollRound: 0,
+        nextPollAt: 0,
+        pollSentAt: 0,
+        doneSent: 0,
+        joinsConfirmed: [],
+        stats: {
+          id: g.id,
+          address: g.address,
+          targets: g.targets.slice(),
+          contents: n,
+          skipped: 0,
+          datagrams: 0,
+          repairs: 0,
+          repairsMulticast: 0,
+          repairsUnicast: 0,
+          pollRounds: 0,
+          joinsConfirmed: [],
+          igmpJoined: null,
+          incomplete: [],
+          firstPassMs: 0,
+          totalMs: 0,
+        },
+      };
+      this.groups.set(gid, tx);
+      this.orderTx.push(tx);
+      this.stats.groups.push(tx.stats);
+      this.contentsTotal += n;
+      this.bytesTotal += n * PAGE_SIZE;
+    }
+  }
+
+  /** Resolve the group's pages (once, when it is about to start). */
+  private loadPages(tx: GroupTx): void {
+    const ids: number[] = [];
+    for (const id of tx.g.contents) {
+      const b = this.o.contentBytes(id);
+      if (b === undefined) {
+        tx.skipped++;
+        continue;
+      }
+      if (b.length < PAGE_SIZE) throw new VmsError(ErrorCode.SCATTER, `contentBytes(${id}) returned ${b.length} bytes, expected ${PAGE_SIZE}`);
+      tx.pages.push(b.length === PAGE_SIZE ? b : b.subarray(0, PAGE_SIZE));
+      ids.push(id);
+    }
+    tx.sendIds = Uint32Array.from(ids);
+    tx.nDatagrams = this.layout.fragmentsPerPage > 1 ? ids.length * this.layout.fragmentsPerPage : Math.ceil(ids.length / this.layout.pagesPerDatagram);
+    tx.stats.skipped = tx.skipped;
+    this.contentsTotal -= tx.skipped;
+    this.bytesTotal -= tx.skipped * PAGE_SIZE;
+  }
+
+  private schedule(ms: number): void {
+    if (this.finished || !this.sock) return;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      try {
+        this.tick();
+      } catch (err) {
+        this.fail(err);
+      }
+    }, ms);
+  }
+
+  private fail(err: unknown): void {
+    if (this.finished) return;
+    this.finished = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.igmp?.close();
+    this.igmp = null;
+    this.rejectRun?.(err instanceof VmsError ? err : new VmsError(ErrorCode.SCATTER, `scatter sender failed: ${(err as Error).message}`, { cause: err }));
+  }
+
+  private tick(): void {
+    const now = performance.now();
+    this.markAbsentTargets(now);
+    this.advanceGroups(now);
+    const busy = this.pump(now);
+    this.pollAndFinishGroups(now);
+    this.progress(now, false);
+    if (this.orderTx.every((tx) => tx.state === GState.Done)) {
+      if (this.reportPhase(now)) return;
+    }
+    if (this.finished) return;
+    this.schedule(busy ? 1 : 3);
+  }
+
+  private markAbsentTargets(now: number): void {
+    const limit = this.o.helloTimeoutMs ?? 3000;
+    if (now - this.startedAt < limit) return;
+    for (const t of this.targets) if (!t.peer && !t.absent) t.absent = true;
+  }
+
+  /** Start the next group once the previous one finished its first pass and members joined. */
+  private advanceGroups(now: number): void {
+    if (this.orderTx.some((tx) => tx.state === GState.Sending)) return;
+    const next = this.orderTx.find((tx) => tx.state === GState.Waiting);
+    if (!next) return;
+    if (next.waitingSince < 0) {
+      next.waitingSince = now;
+      this.phase = 'join';
+    }
+    const members = next.members.filter((t) => !this.targets[t]!.absent);
+    const joined = members.filter((t) => this.targets[t]!.joined.has(next.g.id));
+    const timeout = this.o.joinTimeoutMs ?? 2000;
+    if (joined.length < members.length && now - next.waitingSince < timeout) {
+      // A member still holding a finished group has probably lost its DONE: its window is full.
+      for (const t of members) {
+        const ts = this.targets[t]!;
+        if (ts.joined.has(next.g.id) || now - ts.doneResentAt < 50) continue;
+        for (const gid of ts.joined) {
+          if (this.groups.get(gid)?.state === GState.Done) {
+            this.sendControl(Kind.DONE, gid, 0, t);
+            ts.doneResentAt = now;
+          }
+        }
+      }
+      return;
+    }
+    next.joinsConfirmed = joined;
+    next.stats.joinsConfirmed = joined;
+    this.stats.joinsConfirmed += joined.length;
+    this.stats.joinsMissing += next.members.length - joined.length;
+    this.loadPages(next);
+    next.state = GState.Sending;
+    next.startedAt = now;
+    this.phase = 'send';
+  }
+
+  /** Send repairs that are ripe, then first-pass data, as tokens allow. True when more is waiting. */
+  private pump(now: number): boolean {
+    const sock = this.sock!;
+    const aggregate = this.o.repairAggregateMs ?? 3;
+    let sent = 0;
+    let moreWaiting = false;
+    for (const tx of this.orderTx) {
+      if (tx.state !== GState.Sending && tx.state !== GState.Repairing) continue;
+      while (tx.queueHead < tx.queue.length && sent < this.burstDatagrams) {
+        const seq = tx.queue[tx.queueHead]!;
+        if (now - tx.queuedAt[seq]! < aggregate) {
+          moreWaiting = true;
+          break;
+        }
+        if (sock.issued - sock.completed >= RING - 2) return true;
+        if (!this.bucket.take(this.datagramWireBytes(tx, seq), now)) return true;
+        tx.queueHead++;
+        this.sendRepair(tx, seq, now);
+        sent++;
+      }
+      if (tx.queueHead > 1024 && tx.queueHead * 2 > tx.queue.length) {
+        tx.queue = tx.queue.slice(tx.queueHead);
+        tx.queueHead = 0;
+      }
+    }
+    const tx = this.orderTx.find((t) => t.state === GState.Sending);
+    if (!tx) return moreWaiting;
+    while (tx.nextSeq < tx.nDatagrams) {
+      if (sent >= this.burstDatagrams) return true;
+      if (sock.issued - sock.completed >= RING - 2) return true;
+      if (!this.bucket.take(this.datagramWireBytes(tx, tx.nextSeq), now)) return true;
+      this.sendData(tx, tx.nextSeq, 0, null);
+      tx.sentAt[tx.nextSeq] = now;
+      tx.nextSeq++;
+      sent++;
+    }
+    // First pass over. Poll after a short grace: a poll overtaking the group's last datagrams
+    // (they sit in another socket's buffer at the target) would make it NACK them for nothing.
+    tx.state = GState.Repairing;
+    tx.firstPassAt = now;
+    tx.stats.firstPassMs = now - tx.startedAt;
+    tx.nextPollAt = now + Math.max(5, Math.min(50, this.rttMs / 2));
+    this.phase = 'repair';
+    return true;
+  }
+
+  private datagramWireBytes(tx: GroupTx, seq: number): number {
+    const l = this.layout;
+    const trailer = this.auth ? AUTH_TRAILER_BYTES : 0;
+    if (l.fragmentsPerPage > 1) return HEADER_BYTES + fragmentSpan(seq % l.fragmentsPerPage, l.fragmentsPerPage).length + trailer + IP_UDP_OVERHEAD;
+    const first = seq * l.pagesPerDatagram;
+    const k = Math.min(l.pagesPerDatagram, tx.sendIds.length - first);
+    return HEADER_BYTES + 4 * (k - 1) + k * PAGE_SIZE + trailer + IP_UDP_OVERHEAD;
+  }
+
+  /** Build and send DATA datagram `seq` of the group to its address, or to `to` by unicast. */
+  private sendData(tx: GroupTx, seq: number, flags: number, to: Peer | null): void {
+    const l = this.layout;
+    const slot = this.slotNext;
+    this.slotNext = (slot + 1) % RING;
+    const hdr = this.slots.subarray(slot * this.slotBytes, (slot + 1) * this.slotBytes);
+    const parts = this.parts;
+    parts.length = 0;
+    const f = flags | (this.auth ? Flag.AUTH : 0) | (to ? Flag.UNICAST : 0);
+    let payload = 0;
+    if (l.fragmentsPerPage > 1) {
+      const item = Math.floor(seq / l.fragmentsPerPage);
+      const frag = seq % l.fragmentsPerPage;
+      const span = fragmentSpan(frag, l.fragmentsPerPage);
+      writeHeader(hdr, 0, Kind.DATA, f, this.session.job, tx.g.id, seq, tx.sendIds[item]!, 1, frag, l.fragmentsPerPage);
+      parts.push(hdr.subarray(0, HEADER_BYTES), tx.pages[item]!.subarray(span.offset, span.offset + span.length));
+      payload = HEADER_BYTES + span.length;
+      if (flags === 0 && frag === l.fragmentsPerPage - 1) this.contentsSent++;
+    } else {
+      const first = seq * l.pagesPerDatagram;
+      const k = Math.min(l.pagesPerDatagram, tx.sendIds.length - first);
+      writeHeader(hdr, 0, Kind.DATA, f, this.session.job, tx.g.id, seq, tx.sendIds[first]!, k, 0, 1);
+      for (let i = 1; i < k; i++) hdr.writeUInt32BE(tx.sendIds[first + i]!, HEADER_BYTES + 4 * (i - 1));
+      const hlen = HEADER_BYTES + 4 * (k - 1);
+      parts.push(hdr.subarray(0, hlen));
+      for (let i = 0; i < k; i++) parts.push(tx.pages[first + i]!);
+      payload = hlen + k * PAGE_SIZE;
+      if (flags === 0) this.contentsSent += k;
+    }
+    if (this.auth) {
+      const t = this.trailers.subarray(slot * AUTH_TRAILER_BYTES, (slot + 1) * AUTH_TRAILER_BYTES);
+      this.auth.seal(parts, t);
+      parts.push(t);
+      payload += AUTH_TRAILER_BYTES;
+    }
+    if (to) this.sock!.send(parts, to.port, to.address);
+    else this.sock!.send(parts, this.session.dataPort, tx.g.address);
+    this.stats.datagrams++;
+    this.stats.bytesSent += payload;
+    tx.stats.datagrams++;
+    if (flags & Flag.REPAIR) {
+      this.stats.repairBytes += payload;
+    } else {
+      this.stats.dataBytes += payload;
+    }
+  }
+
+  private sendRepair(tx: GroupTx, seq: number, now: number): void {
+    const who = tx.wantFirst[seq]!;
+    tx.wantFirst[seq] = -1;
+    if (who === -1) return; // cancelled (e.g. target completed meanwhile)
+    let to: Peer | null = null;
+    if (who >= 0) {
+      to = this.targets[who]!.peer;
+      if (!to) return;
+    }
+    this.sendData(tx, seq, Flag.REPAIR, to);
+    tx.lastRepairAt[seq] = now;
+    tx.lastRepairTo[seq] = who;
+    this.stats.repairs++;
+    tx.stats.repairs++;
+    if (who === -2) {
+      this.stats.repairsMulticast++;
+      tx.stats.repairsMulticast++;
+    } else {
+      this.stats.repairsUnicast++;
+      tx.stats.repairsUnicast++;
+    }
+  }
+
+  private sendControl(kind: Kind, group: number, seq: number, target: number, body?: Buffer): void {
+    const peer = this.targets[target]?.peer;
+    if (!peer || !this.sock) return;
+    const b = encodeControl(kind, this.session.job, group, seq, target, body, this.auth ?? undefined);
+    this.sock.send([b], peer.port, peer.address);
+    this.stats.datagrams++;
+    this.stats.bytesSent += b.length;
+  }
+
+  private pollAndFinishGroups(now: number): void {
+    const maxRounds = this.o.maxPollRounds ?? 60;
+    const maxSilent = this.o.maxSilentPolls ?? 8;
+    for (const tx of this.orderTx) {
+      if (tx.state !== GState.Repairing) continue;
+      const pending = tx.members.filter((t) => !tx.complete.has(t) && !tx.gaveUp.has(t) && !this.targets[t]!.absent && this.targets[t]!.peer);
+      const repairsQueued = tx.queue.length - tx.queueHead;
+      if (pending.length === 0 && repairsQueued === 0) {
+        this.finishGroup(tx, now);
+        continue;
+      }
+      if (now < tx.nextPollAt || repairsQueued > 0) continue;
+      if (tx.pollRound >= maxRounds) {
+        for (const t of pending) tx.gaveUp.add(t);
+        continue;
+      }
+      tx.pollRound++;
+      tx.stats.pollRounds = tx.pollRound;
+      tx.pollSentAt = now;
+      for (const t of pending) {
+        const silent = (tx.silent.get(t) ?? 0) + 1;
+        tx.silent.set(t, silent);
+        if (silent > maxSilent) {
+          tx.gaveUp.add(t);
+          continue;
+        }
+        this.sendControl(Kind.POLL, tx.g.id, tx.pollRound, t, encodeU32Body(tx.nDatagrams));
+      }
+      // Next round after the answers and their repairs had time to arrive.
+      tx.nextPollAt = now + Math.max(30, 3 * this.rttMs);
+    }
+  }
+
+  private finishGroup(tx: GroupTx, now: number): void {
+    tx.state = GState.Done;
+    tx.doneAt = now;
+    tx.stats.totalMs = now - tx.startedAt;
+    tx.stats.incomplete = tx.members.filter((t) => !tx.complete.has(t));
+    for (const t of tx.members) this.sendControl(Kind.DONE, tx.g.id, 0, t);
+    tx.doneSent = 1;
+    tx.pages = []; // release references to content bytes
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Reports and goodbye
+
+  /** True when the run finished. */
+  private reportPhase(now: number): boolean {
+    if (this.reportStartedAt === 0) {
+      this.reportStartedAt = now;
+      this.phase = 'report';
+      // Resend DONE to targets still listing a finished group (a lost DONE).
+    }
+    const present = this.targets.filter((t) => t.peer && !t.absent);
+    const outstanding = present.filter((t) => !this.reportComplete(t));
+    const timedOut = now - this.reportStartedAt > (this.o.reportTimeoutMs ?? 5000);
+    if (outstanding.length > 0 && !timedOut) {
+      if (now >= this.nextReportReqAt) {
+        for (const t of outstanding) {
+          const missing = this.missingReportGroups(t);
+          if (missing.length > 3 || missing.length === 0) this.sendControl(Kind.REPORT_REQ, ALL_GROUPS, 0, t.index);
+          else for (const g of missing) this.sendControl(Kind.REPORT_REQ, g, 0, t.index);
+        }
+        this.nextReportReqAt = now + Math.max(50, 3 * this.rttMs);
+      }
+      this.schedule(3);
+      return true;
+    }
+    // Goodbye: repeat until acknowledged (or a few tries).
+    if (this.byeStartedAt === 0) this.byeStartedAt = now;
+    const unacked = present.filter((t) => !t.byeAcked);
+    if (unacked.length > 0 && this.byeTries < 5) {
+      if (now - this.byeStartedAt >= this.byeTries * 40) {
+        for (const t of unacked) this.sendControl(Kind.BYE, ALL_GROUPS, 0, t.index);
+        this.byeTries++;
+      }
+      this.schedule(5);
+      return true;
+    }
+    this.complete(now);
+    return true;
+  }
+
+  private missingReportGroups(t: TargetState): number[] {
+    const out: number[] = [];
+    for (const tx of this.orderTx) {
+      if (!tx.members.includes(t.index)) continue;
+      const r = t.reportChunks.get(tx.g.id);
+      if (!r || r.gotN < r.count) out.push(tx.g.id);
+    }
+    return out;
+  }
+
+  private reportComplete(t: TargetState): boolean {
+    return t.counters !== null && this.missingReportGroups(t).length === 0;
+  }
+
+  private complete(now: number): void {
+    if (this.finished) return;
+    this.finished = true;
+    this.phase = 'done';
+    this.drainIgmp();
+    this.stats.elapsedMs = now - this.startedAt;
+    this.stats.finalRateBytesPerSec = this.bucket.currentRate;
+    this.stats.rateBackoffs = this.bucket.backoffs;
+    this.stats.sendErrors = this.sock?.sendErrors ?? 0;
+    this.stats.dropped = this.stats.malformed + this.stats.foreign + this.stats.spoofed;
+    this.progress(now, true);
+    const targets: TargetReport[] = this.targets.map((t) => {
+      const held: number[] = [];
+      let complete = true;
+      for (const tx of this.orderTx) {
+        if (!tx.members.includes(t.index)) continue;
+        const r = t.reportChunks.get(tx.g.id);
+        const sendable = new Set(tx.sendIds);
+        const contents = tx.g.contents;
+        for (let i = 0; i < contents.length; i++) {
+          const has = r !== undefined && (r.held[i >>> 3]! & (1 << (i & 7))) !== 0;
+          if (has) held.push(contents[i]!);
+          else if (sendable.has(contents[i]!)) complete = false;
+        }
+      }
+      held.sort((a, b) => a - b);
+      return {
+        target: t.index,
+        name: this.session.targets[t.index]!,
+        held: Uint32Array.from(held),
+        bytes: t.counters?.bytes ?? 0,
+        repairs: t.counters?.repairs ?? 0,
+        reported: this.reportComplete(t),
+        complete: complete && this.reportComplete(t),
+        counters: t.counters,
+      };
+    });
+    this.igmp?.close();
+    this.igmp = null;
+    this.resolveRun?.({ targets, sender: this.stats });
+  }
+
+  private progress(now: number, force: boolean): void {
+    const cb = this.o.onProgress;
+    if (!cb) return;
+    if (!force && now - this.lastProgressAt < (this.o.progressIntervalMs ?? 100)) return;
+    this.lastProgressAt = now;
+    const sending = this.orderTx.find((tx) => tx.state === GState.Sending);
+    cb({
+      phase: this.phase,
+      group: sending ? sending.g.id : -1,
+      groupsDone: this.orderTx.filter((tx) => tx.state === GState.Done).length,
+      groupsTotal: this.orderTx.length,
+      bytesSent: Math.min(this.bytesTotal, this.contentsSent * PAGE_SIZE),
+      bytesTotal: this.bytesTotal,
+      contentsSent: this.contentsSent,
+      contentsTotal: this.contentsTotal,
+      repairs: this.stats.repairs,
+      rateBytesPerSec: this.bucket.currentRate,
+    });
+  }
+
+  /** Map the IGMP joins seen to (target, group), by the targets' control addresses. */
+  private drainIgmp(): void {
+    if (!this.stats.igmp.checked) return;
+    for (const tx of this.orderTx) tx.stats.igmpJoined ??= [];
+    const byAddr = new Map<string, number>();
+    for (const t of this.targets) if (t.peer) byAddr.set(t.peer.address, t.index);
+    for (const e of this.igmpEvents.splice(0)) {
+      if (e.type !== 'join') continue;
+      const target = byAddr.get(e.source);
+      if (target === undefined) continue;
+      // A join of an address counts for every group on it the target is a member of.
+      for (const gid of this.groupAddresses.get(e.group) ?? []) {
+        const tx = this.groups.get(gid);
+        if (!tx || !tx.members.includes(target)) continue;
+        const list = (tx.stats.igmpJoined ??= []);
+        if (!list.includes(target)) {
+          list.push(target);
+          list.sort((a, b) => a - b);
+          this.stats.igmpSeen = (this.stats.igmpSeen ?? 0) + 1;
+        }
+      }
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Control input
+
+  private onControl(msg: Buffer, from: Peer): void {
+    if (this.finished) return;
+    const h = decodeHeader(msg, this.hdr);
+    if (!h) {
+      this.stats.malformed++;
+      return;
+    }
+    if (h.job !== this.session.job || h.kind === Kind.DATA || h.id >= this.targets.length) {
+      this.stats.foreign++;
+      return;
+    }
+    if (this.auth) {
+      if ((h.flags & Flag.AUTH) === 0 || !this.auth.verify(msg, h.id)) {
+        this.stats.spoofed++;
+        return;
+      }
+    } else if (h.flags & Flag.AUTH) {
+      this.stats.foreign++;
+      return;
+    }
+    const t = this.targets[h.id]!;
+    const now = performance.now();
+    switch (h.kind) {
+      case Kind.JOIN: {
+        const groups = decodeJoinBody(msg, h);
+        if (!groups) return void this.stats.malformed++;
+        t.peer = { address: from.address, port: from.port };
+        t.absent = false;
+        if (h.seq >= t.joinVersion || t.joinVersion - h.seq > 0x7fffffff) {
+          t.joinVersion = h.seq;
+          t.joined = new Set(groups);
+        }
+        this.sendControl(Kind.JOIN_ACK, ALL_GROUPS, h.seq, t.index);
+        return;
+      }
+      case Kind.NACK: {
+        const tx = this.groups.get(h.group);
+        if (!tx || !tx.members.includes(t.index)) return void this.stats.foreign++;
+        if (tx.state !== GState.Sending && tx.state !== GState.Repairing) return;
+        this.stats.nacks++;
+        let fresh = 0;
+        const holdoff = Math.max(REPAIR_HOLDOFF_MIN_MS, 1.5 * this.rttMs);
+        const limit = tx.nextSeq;
+        const ok = decodeSeqSet(msg, h.bodyOffset, h.bodyLength, limit, (seq) => {
+          this.stats.nackedSeqs++;
+          const lastTo = tx.lastRepairTo[seq]!;
+          if ((lastTo === -2 || lastTo === t.index) && now - tx.lastRepairAt[seq]! < holdoff) return;
+          const w = tx.wantFirst[seq]!;
+          if (w === -1) {
+            tx.wantFirst[seq] = t.index;
+            tx.queuedAt[seq] = now;
+            tx.queue.push(seq);
+          } else if (w !== t.index) tx.wantFirst[seq] = -2;
+          // Congestion signal: a target's first NACK of a datagram sent after the last rate
+          // cut (losses of datagrams sent before it belong to the episode already answered).
+          const mine = tx.nackedBy.get(t.index)!;
+          if ((mine[seq >>> 3]! & (1 << (seq & 7))) === 0) {
+            mine[seq >>> 3]! |= 1 << (seq & 7);
+            if (tx.sentAt[seq]! > this.bucket.lastBackoffAt) fresh += this.datagramWireBytes(tx, seq);
+          }
+        });
+        if (!ok) return void this.stats.malformed++;
+        if (fresh > 0) this.bucket.nacked(fresh, now, t.index);
+        this.schedule(0);
+        return;
+      }
+      case Kind.STATUS: {
+        const tx = this.groups.get(h.group);
+        const st = decodeStatusBody(msg, h);
+        if (!tx || !st) return void this.stats.malformed++;
+        if (!tx.members.includes(t.index)) return void this.stats.foreign++;
+        tx.silent.set(t.index, 0);
+        if (h.seq === tx.pollRound && tx.pollSentAt > 0) {
+          const rtt = now - tx.pollSentAt;
+          this.rttMs = 0.8 * this.rttMs + 0.2 * Math.min(rtt, 500);
+        }
+        if (st.missing === 0) tx.complete.add(t.index);
+        return;
+      }
+      case Kind.REPORT: {
+        const tx = this.groups.get(h.group);
+        const r = decodeReportHead(msg, h);
+        if (!tx || !r) return void this.stats.malformed++;
+        if (!tx.members.includes(t.index) || r.contents !== tx.g.contents.length) return void this.stats.foreign++;
+        let entry = t.reportChunks.get(h.group);
+        if (!entry || entry.count !== r.chunkCount) {
+          entry = { count: r.chunkCount, got: new Uint8Array(r.chunkCount), gotN: 0, held: new Uint8Array(Math.ceil(r.contents / 8)) };
+          t.reportChunks.set(h.group, entry);
+        }
+        const e = entry;
+        if (e.got[h.seq]) return;
+        const ok = decodeSeqSet(msg, r.setOffset, r.setLength, r.contents, (pos) => {
+          e.held[pos >>> 3]! |= 1 << (pos & 7);
+        });
+        if (!ok) return void this.stats.malformed++;
+        e.got[h.seq] = 1;
+        e.gotN++;
+        return;
+      }
+      case Kind.STATS: {
+        const c = decodeStatsBody(msg, h);
+        if (!c) return void this.stats.malformed++;
+        t.counters = c;
+        return;
+      }
+      case Kind.BYE:
+        t.byeAcked = true;
+        return;
+      default:
+        this.stats.foreign++;
+    }
+  }
+}
+
+/** Re-exported for callers that only import the sender. */
+export { MAX_CONTROL_BYTES };

@@ -1,0 +1,240 @@
+/**
+ * The scatter protocol without sockets: sender and receivers over the in-memory network, with
+ * scripted loss, duplication and reordering.
+ */
+import { describe, expect, it } from 'vitest';
+import { ContentStore } from '../../src/memory/content-store.js';
+import { PAGE_SIZE } from '../../src/memory/page.js';
+import { ScatterReceiver, type ReceiverResult } from '../../src/transport/multicast-receiver.js';
+import { ScatterSender, type ScatterProgress, type ScatterResult, type ScatterSenderOptions } from '../../src/transport/multicast-sender.js';
+import { pageDigest, syntheticContentSource, syntheticPage } from '../../src/transport/scatter-child.js';
+import { sessionFromPlan, type ScatterSession } from '../../src/transport/scatter-session.js';
+import { MemoryNetwork, type Impairment } from '../../src/transport/scatter-transport.js';
+import { AUTH_TRAILER_BYTES, Flag, HEADER_BYTES, Kind, writeHeader } from '../../src/wire/datagram.js';
+import { makeFleet, type Fleet } from './fleet.js';
+
+const SEED = 77;
+const SENDER = '10.0.0.1';
+const iface = (t: number): string => `10.0.0.${11 + t}`;
+
+interface Run {
+  result: ScatterResult;
+  receivers: ReceiverResult[];
+  stores: ContentStore[];
+  session: ScatterSession;
+  net: MemoryNetwork;
+  progress: ScatterProgress[];
+}
+
+async function scatter(
+  fleet: Fleet,
+  o: {
+    impair?: Impairment;
+    mtu?: number;
+    auth?: boolean;
+    skip?: (id: number) => boolean;
+    absent?: number[];
+    window?: number;
+    sender?: Partial<ScatterSenderOptions>;
+    beforeRun?: (net: MemoryNetwork, session: ScatterSession) => Promise<void>;
+  } = {},
+): Promise<Run> {
+  const net = new MemoryNetwork(o.impair ?? {});
+  const ids = new Set<number>();
+  for (const g of fleet.plan.groups) for (const id of g.contents) ids.add(id);
+  const src = syntheticContentSource(SEED, ids);
+  const session = sessionFromPlan(fleet.plan, {
+    job: 4242,
+    key: o.auth === false ? null : 'random',
+    sender: { address: SENDER, port: 0 },
+    mtu: o.mtu ?? 9000,
+    window: o.window ?? 3,
+  });
+  const progress: ScatterProgress[] = [];
+  const sender = await ScatterSender.open({
+    session,
+    contentBytes: (id) => (o.skip?.(id) ? undefined : src.contentBytes(id)),
+    network: net,
+    rateBytesPerSec: 400e6,
+    helloTimeoutMs: 500,
+    onProgress: (p) => progress.push(p),
+    progressIntervalMs: 5,
+    ...o.sender,
+  });
+  const stores = fleet.plan.targets.map(() => new ContentStore(1024));
+  const receivers: ScatterReceiver[] = [];
+  try {
+    for (let t = 0; t < fleet.plan.targets.length; t++) {
+      if (o.absent?.includes(t)) continue;
+      receivers.push(await ScatterReceiver.open({ session, target: t, store: stores[t]!, iface: iface(t), network: net, idleTimeoutMs: 10_000 }));
+    }
+    await o.beforeRun?.(net, session);
+    const result = await sender.run();
+    const ends = await Promise.all(receivers.map((r) => r.done));
+    return { result, receivers: ends, stores, session, net, progress };
+  } finally {
+    for (const r of receivers) r.close();
+    sender.close();
+  }
+}
+
+/** Every target holds exactly its needed contents (minus skipped), each byte-identical. */
+function expectExact(fleet: Fleet, run: Run, skip: (id: number) => boolean = () => false): void {
+  const page = Buffer.alloc(PAGE_SIZE);
+  for (let t = 0; t < fleet.plan.targets.length; t++) {
+    const want = Array.from(fleet.needs[t]!).filter((id) => !skip(id));
+    const store = run.stores[t]!;
+    expect(Array.from(store.heldIds())).toEqual(want);
+    for (const id of want) {
+      syntheticPage(SEED, id, page);
+      expect(pageDigest(store.get(id)!)).toBe(pageDigest(page));
+    }
+    // The source's knowledge comes from the target's report, and matches the store.
+    const rep = run.result.targets[t]!;
+    expect(rep.reported).toBe(true);
+    expect(rep.complete).toBe(true);
+    expect(Array.from(rep.held)).toEqual(want);
+  }
+}
+
+describe('scatter over the in-memory network', () => {
+  it('delivers every content to exactly the targets that need it, lossless', async () => {
+    const fleet = makeFleet(3000);
+    expect(fleet.plan.groups.length).toBeGreaterThan(8);
+    const run = await scatter(fleet);
+    expectExact(fleet, run);
+    const s = run.result.sender;
+    expect(s.repairs).toBe(0);
+    expect(s.dropped).toBe(0);
+    expect(s.igmpSeen).toBeNull();
+    expect(s.joinsConfirmed).toBe(fleet.plan.groups.reduce((a, g) => a + g.targets.length, 0));
+    expect(s.joinsMissing).toBe(0);
+    for (const r of run.receivers) {
+      const groups = fleet.plan.groups.filter((g) => g.targets.includes(r.target)).length;
+      expect(r.ended).toBe('bye');
+      expect(r.counters.joins).toBe(groups);
+      expect(r.counters.leaves).toBe(groups);
+      expect(r.counters.duplicates).toBe(0);
+    }
+    // Each content crossed the sender once: first-pass DATA bytes ~ distinct contents.
+    const distinct = fleet.plan.groups.reduce((a, g) => a + g.contents.length, 0);
+    expect(s.dataBytes).toBeGreaterThanOrEqual(distinct * PAGE_SIZE);
+    expect(s.dataBytes).toBeLessThan(distinct * PAGE_SIZE * 1.02);
+  });
+
+  it('repairs 5% loss with duplication and reordering; multicast when several lack a datagram, unicast when one does', async () => {
+    const fleet = makeFleet(3000);
+    const run = await scatter(fleet, { impair: { loss: 0.05, duplicate: 0.03, reorder: 0.05, reorderDelayMs: 4, seed: 3 } });
+    expectExact(fleet, run);
+    const s = run.result.sender;
+    expect(s.repairs).toBeGreaterThan(0);
+    expect(s.repairsUnicast).toBeGreaterThan(0);
+    expect(s.repairsMulticast).toBeGreaterThan(0);
+    expect(s.nacks).toBeGreaterThan(0);
+    // One repair per lost datagram, not one per NACK: far fewer repairs than NACKed sequences.
+    expect(s.repairs).toBeLessThan(s.nackedSeqs);
+    expect(run.receivers.some((r) => r.counters.duplicates > 0)).toBe(true);
+  });
+
+  it('fragments pages at MTU 1500 and reassembles them under loss', async () => {
+    const fleet = makeFleet(1200);
+    const run = await scatter(fleet, { mtu: 1500, impair: { loss: 0.03, reorder: 0.03, seed: 9 } });
+    expectExact(fleet, run);
+    expect(run.result.sender.datagrams).toBeGreaterThan(3 * 1200 * 0.9);
+  });
+
+  it('skips contents the source has no bytes for; reports still tell what each target holds', async () => {
+    const fleet = makeFleet(1500);
+    const skip = (id: number): boolean => id % 7 === 3;
+    const run = await scatter(fleet, { skip });
+    expectExact(fleet, run, skip);
+    expect(run.result.sender.groups.reduce((a, g) => a + g.skipped, 0)).toBeGreaterThan(0);
+  });
+
+  it('joins at most `window` groups at a time, ahead of their turn', async () => {
+    const fleet = makeFleet(1500);
+    const run = await scatter(fleet, { window: 2 });
+    expectExact(fleet, run);
+    for (let t = 0; t < fleet.plan.targets.length; t++) expect(run.net.maxJoined.get(iface(t))).toBeLessThanOrEqual(2);
+  });
+
+  it('shares addresses between groups on one planner channel, and stays joined across them', async () => {
+    const base = makeFleet(1500);
+    // Two channels used in turn, as src/plan/schedule.ts lays them out.
+    const fleet: Fleet = {
+      ...base,
+      plan: {
+        ...base.plan,
+        groups: base.plan.groups.map((g) => ({ ...g, channel: base.plan.order.indexOf(g.id) % 2 })),
+        channels: [{ id: 0 }, { id: 1 }],
+      },
+    };
+    const run = await scatter(fleet);
+    expectExact(fleet, run);
+    expect(new Set(run.session.groups.map((g) => g.address)).size).toBe(2);
+    for (let t = 0; t < fleet.plan.targets.length; t++) {
+      expect(run.net.maxJoined.get(iface(t))).toBeLessThanOrEqual(2);
+      const groups = fleet.plan.groups.filter((g) => g.targets.includes(t)).length;
+      // Memberships are per address: never more joins than groups, usually fewer.
+      expect(run.receivers[t]!.counters.joins).toBeLessThanOrEqual(groups);
+      expect(run.receivers[t]!.counters.joins).toBe(run.receivers[t]!.counters.leaves);
+    }
+    expect(run.receivers.reduce((a, r) => a + r.counters.joins, 0)).toBeLessThan(fleet.plan.groups.reduce((a, g) => a + g.targets.length, 0));
+  });
+
+  it('drops forged, foreign and unauthenticated datagrams and counts them', async () => {
+    const fleet = makeFleet(1500);
+    const run = await scatter(fleet, {
+      beforeRun: async (net, session) => {
+        // A rogue host on the segment sends pages of its own on every group address.
+        const rogue = await net.open({ bindAddress: '10.0.0.66', port: 0, iface: '10.0.0.66', onMessage: () => undefined });
+        const evil = Buffer.alloc(PAGE_SIZE, 0xee);
+        for (const g of session.groups) {
+          const id = g.contents[0]!;
+          for (const [flags, job] of [
+            [Flag.AUTH, session.job], // bad tag
+            [0, session.job], // unauthenticated
+            [Flag.AUTH, session.job + 1], // another job
+          ] as const) {
+            const hdr = Buffer.alloc(HEADER_BYTES);
+            writeHeader(hdr, 0, Kind.DATA, flags, job, g.id, 0, id, 1, 0, 1);
+            // One page; pad where the second page would be so the length is plausible.
+            const parts = [hdr, evil];
+            if (flags & Flag.AUTH) parts.push(Buffer.alloc(AUTH_TRAILER_BYTES, 1));
+            hdr[5] = 1;
+            rogue.send(parts, session.dataPort, g.address);
+          }
+          rogue.send([Buffer.from('not a vmscatter datagram')], session.dataPort, g.address);
+        }
+        // And a forged report to the source.
+        rogue.send([Buffer.alloc(40, 0x56)], session.sender.port, session.sender.address);
+        await new Promise((r) => setTimeout(r, 20));
+      },
+    });
+    expectExact(fleet, run); // nothing of the rogue's reached a store
+    const dropped = run.receivers.reduce((a, r) => a + r.counters.spoofed + r.counters.foreign + r.counters.malformed, 0);
+    expect(dropped).toBeGreaterThan(0);
+    expect(run.receivers.reduce((a, r) => a + r.counters.spoofed, 0)).toBeGreaterThan(0);
+    expect(run.result.sender.dropped).toBeGreaterThan(0);
+  });
+
+  it('finishes without a target that never shows up, and says so', async () => {
+    const fleet = makeFleet(1000);
+    const run = await scatter(fleet, { absent: [2], sender: { helloTimeoutMs: 300, joinTimeoutMs: 300 } });
+    const rep = run.result.targets[2]!;
+    expect(rep.reported).toBe(false);
+    expect(rep.held.length).toBe(0);
+    for (const t of [0, 1, 3]) expect(run.result.targets[t]!.complete).toBe(true);
+    expect(run.result.sender.joinsMissing).toBeGreaterThan(0);
+  });
+
+  it('reports progress up to done', async () => {
+    const fleet = makeFleet(1500);
+    const run = await scatter(fleet);
+    const last = run.progress[run.progress.length - 1]!;
+    expect(last.phase).toBe('done');
+    expect(last.bytesSent).toBe(last.bytesTotal);
+    expect(last.groupsDone).toBe(fleet.plan.groups.length);
+    for (let i = 1; i < run.progress.length; i++) expect(run.progress[i]!.bytesSent).toBeGreaterThanOrEqual(run.progress[i - 1]!.bytesSent);
+  });
+});

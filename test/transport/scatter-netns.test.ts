@@ -1,0 +1,97 @@
+/**
+ * The scatter across a network-namespace topology (root): a sender and 4 receivers on a bridge
+ * with IGMP snooping, each in its own namespace and process; MTU 9000 and 1500; loss,
+ * reordering and duplication on the receivers' links (tc; see test/netns/topology.sh).
+ * Every target must end with exactly the contents it needs, checked by digest.
+ *
+ * Skips with the reason when namespaces are not usable here; under CI=true that is a failure.
+ */
+import { describe, expect, it } from 'vitest';
+import { pageDigest, syntheticDigest, syntheticPage } from '../../src/transport/scatter-child.js';
+import { PAGE_SIZE } from '../../src/memory/page.js';
+import { createTopology, netnsUnavailableReason, type Impairment } from '../netns/topology.js';
+import { runNetnsScatter } from '../netns/scatter-run.js';
+import { makeFleet } from './fleet.js';
+
+const reason = await netnsUnavailableReason();
+if (reason && process.env.CI !== 'true') console.warn(`scatter netns tests skipped: ${reason}`);
+
+const SEED = 4099;
+
+interface Case {
+  name: string;
+  mtu: number;
+  impair?: Impairment;
+  contents: number;
+  skipEvery?: number;
+  digests?: boolean;
+}
+
+const cases: Case[] = [
+  { name: 'MTU 9000, clean link, IGMP joins seen by the network', mtu: 9000, contents: 3000, digests: true },
+  { name: 'MTU 1500, clean link', mtu: 1500, contents: 1500 },
+  { name: 'MTU 9000, 1% loss, some contents left to converge', mtu: 9000, contents: 3000, impair: { loss: 0.01 }, skipEvery: 9 },
+  { name: 'MTU 9000, 5% loss', mtu: 9000, contents: 3000, impair: { loss: 0.05 } },
+  { name: 'MTU 9000, 5% reordering and 5% duplication', mtu: 9000, contents: 3000, impair: { reorder: 0.05, duplicate: 0.05 } },
+  { name: 'MTU 1500, 5% loss, 2% reordering, 2% duplication', mtu: 1500, contents: 1200, impair: { loss: 0.05, reorder: 0.02, duplicate: 0.02 } },
+];
+
+describe.skipIf(reason !== null && process.env.CI !== 'true')('scatter across network namespaces', () => {
+  it.runIf(reason !== null)('has its prerequisites (CI)', () => {
+    throw new Error(`network-namespace tests cannot run under CI: ${reason}`);
+  });
+
+  for (const c of cases) {
+    it.skipIf(reason !== null)(c.name, { timeout: 90_000 }, async () => {
+      const fleet = makeFleet(c.contents, 4, 2, cases.indexOf(c) + 1);
+      const topo = await createTopology({ receivers: 4, mtu: c.mtu, ...(c.impair ? { impair: c.impair } : {}) });
+      try {
+        const r = await runNetnsScatter(topo, {
+          plan: fleet.plan,
+          seed: SEED,
+          mtu: c.mtu,
+          rateBytesPerSec: 80e6,
+          digests: c.digests ?? false,
+          ...(c.skipEvery ? { skipEvery: c.skipEvery } : {}),
+          timeoutMs: 60_000,
+        });
+        const skipped = (id: number): boolean => c.skipEvery !== undefined && id % c.skipEvery === c.skipEvery - 1;
+        const page = Buffer.alloc(PAGE_SIZE);
+        for (const out of r.receivers) {
+          const want = Array.from(fleet.needs[out.target]!).filter((id) => !skipped(id));
+          expect(out.ended).toBe('bye');
+          expect(out.held).toEqual(want);
+          expect(out.setDigest).toBe(syntheticDigest(SEED, want));
+          if (out.digests) {
+            out.digests.forEach((d, i) => {
+              syntheticPage(SEED, out.held[i]!, page);
+              expect(d).toBe(pageDigest(page));
+            });
+          }
+          // What the source believes each target holds comes from its report and is exact.
+          const rep = r.sender.targets[out.target]!;
+          expect(rep.reported).toBe(true);
+          expect(rep.complete).toBe(true);
+          expect(rep.held).toEqual(want);
+        }
+        const s = r.sender.sender;
+        const memberships = fleet.plan.groups.reduce((a, g) => a + g.targets.length, 0);
+        expect(s.joinsConfirmed).toBe(memberships);
+        // Root has CAP_NET_RAW: the network itself confirms the joins (IGMP reports are lost
+        // like any packet on a lossy link, so there only most of them).
+        expect(s.igmp.checked).toBe(true);
+        if (c.impair?.loss) expect(s.igmpSeen).toBeGreaterThanOrEqual(Math.floor(memberships * 0.8));
+        else expect(s.igmpSeen).toBe(memberships);
+        if (c.impair?.loss) {
+          const drops = await topo.impairmentDrops();
+          expect(drops.every((d) => d > 0)).toBe(true);
+          expect(s.repairs).toBeGreaterThan(0);
+        }
+        if (c.impair?.duplicate) expect(r.receivers.reduce((a, x) => a + x.counters.duplicates, 0)).toBeGreaterThan(0);
+        if (c.skipEvery) expect(s.groups.reduce((a, g) => a + g.skipped, 0)).toBeGreaterThan(0);
+      } finally {
+        await topo.destroy();
+      }
+    });
+  }
+});

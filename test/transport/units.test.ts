@@ -1,0 +1,133 @@
+/** Token bucket, fallback groups, session parsing, IGMP parsing. */
+import { describe, expect, it } from 'vitest';
+import { assignAddresses, parsePool, sessionFromJson, sessionFromPlan, sessionToJson } from '../../src/transport/scatter-session.js';
+import { parseIgmpPacket } from '../../src/transport/igmp-monitor.js';
+import { simpleGroups } from '../../src/transport/simple-groups.js';
+import { TokenBucket } from '../../src/transport/token-bucket.js';
+import { VmsError } from '../../src/errors.js';
+
+describe('TokenBucket', () => {
+  it('paces to its rate with a bounded burst', () => {
+    const b = new TokenBucket({ rateBytesPerSec: 1e6, burstBytes: 10_000, initialFraction: 1 }, 0);
+    let sent = 0;
+    for (let ms = 0; ms <= 1000; ms++) while (b.take(1000, ms)) sent += 1000;
+    expect(sent).toBeGreaterThanOrEqual(1e6);
+    expect(sent).toBeLessThanOrEqual(1e6 + 10_000);
+    expect(b.waitMs(5000, 1000)).toBeGreaterThan(0);
+  });
+
+  it('backs off once per loss episode, not below its floor, and recovers', () => {
+    const b = new TokenBucket({ rateBytesPerSec: 100e6, burstBytes: 1e6, initialFraction: 1, floorFraction: 0.25, backoffLoss: 0.03, intervalMs: 50 }, 0);
+    b.take(500_000, 1);
+    b.nacked(50_000, 10, 1); // 10% loss by target 1
+    b.nacked(1_000, 10, 2);
+    b.evaluate(51);
+    expect(b.currentRate).toBeCloseTo(75e6);
+    expect(b.lastBackoffAt).toBe(51);
+    for (let i = 0; i < 20; i++) {
+      b.take(500_000, 60 + i * 51);
+      b.nacked(100_000, 61 + i * 51, 1);
+    }
+    expect(b.currentRate).toBe(25e6);
+    let t = 2000;
+    for (let i = 0; i < 80; i++, t += 51) {
+      b.take(100_000, t);
+      b.evaluate(t + 50);
+    }
+    expect(b.currentRate).toBe(100e6);
+  });
+});
+
+describe('simpleGroups', () => {
+  it('makes one group per distinct target set, each content in exactly one group', () => {
+    const plan = simpleGroups(
+      { a: 0, b: 1, c: 2, d: 0 },
+      { a: Uint32Array.of(1, 2, 3), b: Uint32Array.of(2, 3, 4), c: Uint32Array.of(3, 5), d: Uint32Array.of(1, 6) },
+      ['t0', 't1', 't2'],
+    );
+    const byContent = new Map<number, number[]>();
+    for (const g of plan.groups) for (const id of g.contents) byContent.set(id, g.targets);
+    expect(Object.fromEntries(byContent)).toEqual({ 1: [0], 2: [0, 1], 3: [0, 1, 2], 4: [1], 5: [2], 6: [0] });
+    expect(plan.groups[0]!.targets).toEqual([0, 1, 2]); // most targets first
+    expect(plan.order).toEqual(plan.groups.map((g) => g.id));
+    for (const g of plan.groups) expect(Array.from(g.contents)).toEqual([...g.contents].sort((x, y) => x - y));
+  });
+
+  it('handles more than 32 targets and rejects VMs without a target', () => {
+    const targets = Array.from({ length: 40 }, (_, i) => `t${i}`);
+    const assignment: Record<string, number> = {};
+    const contents: Record<string, Uint32Array> = {};
+    for (let i = 0; i < 40; i++) {
+      assignment[`v${i}`] = i;
+      contents[`v${i}`] = Uint32Array.of(0, 100 + i);
+    }
+    const plan = simpleGroups(assignment, contents, targets);
+    expect(plan.groups[0]!.targets.length).toBe(40);
+    expect(plan.groups.length).toBe(41);
+    expect(() => simpleGroups({}, { x: Uint32Array.of(1) }, targets)).toThrow(VmsError);
+  });
+});
+
+describe('scatter session', () => {
+  it('assigns group addresses from the organization-local pool and survives JSON', () => {
+    const plan = simpleGroups({ a: 0, b: 1 }, { a: Uint32Array.of(1, 2), b: Uint32Array.of(2, 3) }, ['x', 'y']);
+    const s = sessionFromPlan(plan, { job: 9, sender: { address: '127.0.0.1', port: 5000 } });
+    for (const g of s.groups) expect(g.address).toMatch(/^239\.(19[2-5])\.\d+\.\d+$/);
+    expect(new Set(s.groups.map((g) => g.address)).size).toBe(s.groups.length);
+    expect(s.key).toMatch(/^[0-9a-f]{32}$/);
+    const back = sessionFromJson(JSON.parse(JSON.stringify(sessionToJson(s))));
+    expect(back).toEqual(s);
+    expect(() => sessionFromJson({ ...sessionToJson(s), order: [99] })).toThrow(VmsError);
+    expect(() => sessionFromJson({ ...sessionToJson(s), groups: [{ ...sessionToJson(s).groups[0]!, address: '10.0.0.1' }] })).toThrow(VmsError);
+  });
+
+  it('validates pools', () => {
+    expect(parsePool('239.192.0.0/14')).toEqual({ base: (239 << 24 >>> 0) + (192 << 16), size: 2 ** 18 });
+    expect(() => parsePool('10.0.0.0/8')).toThrow(VmsError);
+    expect(() => parsePool('224.0.0.0/24')).toThrow(VmsError);
+    expect(() => assignAddresses([1, 2, 3], '239.192.0.0/30', 1)).toThrow(VmsError);
+  });
+});
+
+function ipv4(src: string, igmp: number[]): Buffer {
+  const b = Buffer.alloc(24 + igmp.length);
+  b[0] = 0x46; // IHL 6 (router alert option)
+  b.writeUInt16BE(b.length, 2);
+  b[9] = 2;
+  src.split('.').forEach((p, i) => (b[12 + i] = Number(p)));
+  Buffer.from(igmp).copy(b, 24);
+  return b;
+}
+
+describe('IGMP parsing', () => {
+  it('reads v3 reports (joins and leaves) and v2 messages', () => {
+    const v3 = ipv4('10.200.0.11', [
+      0x22, 0, 0, 0, 0, 0, 0, 2, // report, 2 records
+      4, 0, 0, 0, 239, 192, 0, 5, // CHANGE_TO_EXCLUDE {} = join
+      3, 0, 0, 0, 239, 192, 0, 6, // CHANGE_TO_INCLUDE {} = leave
+    ]);
+    expect(parseIgmpPacket(v3, 1)).toEqual([
+      { type: 'join', group: '239.192.0.5', source: '10.200.0.11', version: 3, at: 1 },
+      { type: 'leave', group: '239.192.0.6', source: '10.200.0.11', version: 3, at: 1 },
+    ]);
+    expect(parseIgmpPacket(ipv4('10.0.0.2', [0x16, 0, 0, 0, 239, 1, 2, 3]), 0)[0]).toMatchObject({ type: 'join', version: 2, group: '239.1.2.3' });
+    expect(parseIgmpPacket(ipv4('10.0.0.2', [0x17, 0, 0, 0, 239, 1, 2, 3]), 0)[0]).toMatchObject({ type: 'leave', version: 2 });
+    expect(parseIgmpPacket(ipv4('10.0.0.2', [0x11, 0, 0, 0, 0, 0, 0, 0]))).toEqual([]); // a query
+  });
+
+  it('never throws on garbage', () => {
+    let x = 1;
+    for (let n = 0; n < 5000; n++) {
+      const b = Buffer.alloc(n % 80);
+      for (let i = 0; i < b.length; i++) {
+        x = (x * 1103515245 + 12345) >>> 0;
+        b[i] = x >>> 24;
+      }
+      if (b.length > 10 && n % 2) {
+        b[0] = 0x45;
+        b[9] = 2;
+      }
+      expect(Array.isArray(parseIgmpPacket(b))).toBe(true);
+    }
+  });
+});
