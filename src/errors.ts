@@ -25,6 +25,16 @@ export const ErrorCode = {
   TIMEOUT: 'VMS_ERR_TIMEOUT',
   /** An operation was cancelled. */
   CANCELLED: 'VMS_ERR_CANCELLED',
+  /** A peer (coordinator, agent) cannot be reached over HTTP. */
+  UNREACHABLE: 'VMS_ERR_UNREACHABLE',
+  /** The bearer token is missing or wrong. */
+  UNAUTHORIZED: 'VMS_ERR_UNAUTHORIZED',
+  /** A job, agent or VM named in a request does not exist. */
+  NOT_FOUND: 'VMS_ERR_NOT_FOUND',
+  /** The request conflicts with current state (a VM already in a job, a job already finished). */
+  CONFLICT: 'VMS_ERR_CONFLICT',
+  /** An agent is unknown, lost, has the wrong role, or answered with an error. */
+  AGENT: 'VMS_ERR_AGENT',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 

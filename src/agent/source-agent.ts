@@ -39,10 +39,13 @@ export interface MigrateVmOptions {
 export async function migrateVm(opts: MigrateVmOptions): Promise<VmMigrationReport> {
   const { vm, target } = opts;
   const log = opts.logger?.child({ vm: vm.name, target: target.name });
+  // A job cancelled before this VM's turn must not start it ('abort' never fires again).
+  if (opts.signal?.aborted) throw new VmsError(ErrorCode.CANCELLED, `migration of VM ${vm.name} not started: the job was cancelled; the VM keeps running on the source`);
   const socket = await connectTcp(target.host, target.port);
   const local = new AbortController();
   const onAbort = (): void => local.abort(opts.signal?.reason);
-  opts.signal?.addEventListener('abort', onAbort, { once: true });
+  if (opts.signal?.aborted) onAbort();
+  else opts.signal?.addEventListener('abort', onAbort, { once: true });
   const conv = new ConvergeSource({
     socket,
     job: opts.job,

@@ -17,6 +17,11 @@ export interface TargetAgentOptions {
   incoming: IncomingFactory;
   /** Content ids expected in the job (sizes the store index). */
   expectedContents?: number;
+  /**
+   * Keep one content store per job (content ids are the source's, per job): for a long-running
+   * agent that serves many jobs. Default false: one store, `store`, for the single job.
+   */
+  storePerJob?: boolean;
   logger?: Logger;
 }
 
@@ -27,6 +32,7 @@ export class TargetAgent {
   private readonly sockets = new Set<Socket>();
   private readonly connections: ConvergeTargetConnection[] = [];
   private readonly vmResults = new Map<string, Promise<ConvergeResult & { vm: string }>>();
+  private readonly jobStores = new Map<string, ContentStore>();
 
   constructor(private readonly opts: TargetAgentOptions) {
     this.name = opts.name;
@@ -52,6 +58,22 @@ export class TargetAgent {
     return this.vmResults.get(vm);
   }
 
+  /** The content store of `job` (with storePerJob; otherwise the one store). */
+  storeFor(job: string): ContentStore {
+    if (!this.opts.storePerJob) return this.store;
+    let st = this.jobStores.get(job);
+    if (!st) {
+      st = new ContentStore(this.opts.expectedContents ?? 1024);
+      this.jobStores.set(job, st);
+    }
+    return st;
+  }
+
+  /** Forget a finished job's store (storePerJob). */
+  dropStore(job: string): boolean {
+    return this.jobStores.delete(job);
+  }
+
   get convergeStats() {
     return this.connections.map((c) => c.stats);
   }
@@ -67,7 +89,7 @@ export class TargetAgent {
     socket.on('close', () => this.sockets.delete(socket));
     const conn = new ConvergeTargetConnection(
       socket,
-      this.store,
+      this.opts.storePerJob ? (hello) => this.storeFor(hello.job) : this.store,
       (hello) => {
         this.vmResults.set(hello.vm, conn.result);
         this.opts.logger?.debug({ vm: hello.vm, job: hello.job, target: this.name }, 'converge connection');

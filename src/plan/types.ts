@@ -97,6 +97,8 @@ export interface Plan {
     /** Traffic of the placement before the group cap merged groups, and what merging added. */
     placementTrafficBytes?: number;
     mergeExtraTrafficBytes?: number;
+    /** What sending groups below minTargetsForScatter by unicast (once per target) added. */
+    unicastExtraTrafficBytes?: number;
     /** Traffic VMScatter's greedy placement would give (when computed). */
     greedyTrafficBytes?: number;
   };

@@ -15,6 +15,10 @@
  * RESULT (target -> source, last): JSON ConvergeResult.
  * DATA_LZ4: be32 decompressed length, then an LZ4 block of what a DATA frame would carry; sent
  *       instead of DATA when compression is on and the block shrinks.
+ * CONSUMED (target -> source): be64 bytes of the rebuilt stream the target's consumer has taken
+ *       (device state held back until END counts as taken). A source that has seen one keeps at
+ *       most a window of stream bytes beyond it in flight: backpressure from the target QEMU then
+ *       reaches the source QEMU through a short pipe, not through megabytes of socket buffers.
  *
  * The decoder is a small state machine that returns early until a whole frame has arrived.
  */
@@ -28,6 +32,7 @@ export const FrameType = {
   RESULT: 5,
   STORED: 6,
   DATA_LZ4: 7,
+  CONSUMED: 8,
 } as const;
 export type FrameType = (typeof FrameType)[keyof typeof FrameType];
 
@@ -91,6 +96,19 @@ export function encodeStoredFrame(ids: readonly number[]): Buffer {
   return f;
 }
 
+export function encodeConsumedFrame(bytes: number): Buffer {
+  const f = Buffer.allocUnsafe(FRAME_HEADER + 8);
+  f[0] = FrameType.CONSUMED;
+  f.writeUInt32BE(8, 1);
+  f.writeBigUInt64BE(BigInt(bytes), FRAME_HEADER);
+  return f;
+}
+
+export function decodeConsumed(payload: Buffer, offset: number): number {
+  if (payload.length !== 8) throw new StreamError(ErrorCode.STREAM_MALFORMED, offset, `CONSUMED frame of ${payload.length} bytes; expected 8`);
+  return Number(payload.readBigUInt64BE(0));
+}
+
 export function decodeStored(payload: Buffer, offset: number): Uint32Array {
   if (payload.length % 4 !== 0) throw new StreamError(ErrorCode.STREAM_MALFORMED, offset, `STORED frame of ${payload.length} bytes; expected a multiple of 4`);
   const ids = new Uint32Array(payload.length / 4);
@@ -144,7 +162,7 @@ export class FrameDecoder {
     while (buf.length - pos >= FRAME_HEADER) {
       const type = buf[pos]!;
       const len = buf.readUInt32BE(pos + 1);
-      if (type < FrameType.HELLO || type > FrameType.DATA_LZ4)
+      if (type < FrameType.HELLO || type > FrameType.CONSUMED)
         this.fail(new StreamError(ErrorCode.STREAM_MALFORMED, this.consumed + pos, `unknown converge frame type ${type}`));
       if (len > MAX_FRAME_PAYLOAD)
         this.fail(new StreamError(ErrorCode.STREAM_MALFORMED, this.consumed + pos, `converge frame of ${len} bytes exceeds ${MAX_FRAME_PAYLOAD}`));
