@@ -15,6 +15,8 @@ type Suite = (opts: BenchOptions) => Promise<Record<string, unknown>>;
 
 const suites: Record<string, () => Promise<Suite>> = {
   scan: async () => (await import('../../bench/scan.js')).runScanBench,
+  plan: async () => (await import('../../bench/plan.js')).runPlanBench,
+  scatter: async () => (await import('../../bench/scatter.js')).runScatterBench,
   strategies: async () => (await import('../../bench/strategies.js')).runStrategiesBench,
 };
 

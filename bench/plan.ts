@@ -1,0 +1,335 @@
+/**
+ * `vmscatter bench plan`: the planner against the exhaustive optimum (small fleets), against
+ * VMScatter's greedy (the same fleets, same run), the join/leave schedule against groups sent in
+ * id order, the MinHash sketch's effect on the objective, and the scale case (1,000 VMs x 64
+ * targets x 16 M pages) in a child process so that its RSS is its own.
+ *
+ * Fleets are synthetic with clustered sharing (src/plan/fleet.ts). The headline profile is
+ * 'measured' (follows the real guests of notes/qemu.md); 'clustered' (tenants sharing an
+ * application stack) is reported next to it, labelled. Traffic is VMScatter's: bytes on the
+ * sender's link plus bytes on every target's link (src/plan/objective.ts).
+ */
+import { fork } from 'node:child_process';
+import { availableParallelism, cpus, loadavg, totalmem } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { exhaustivePlacement } from '../src/plan/exhaustive.js';
+import { generateClusteredFleet, type ClusteredFleetSpec, type FleetProfile } from '../src/plan/fleet.js';
+import { buildSharingGraph } from '../src/plan/graph.js';
+import { greedyPlacement } from '../src/plan/greedy.js';
+import { AssignmentState, buildProblem, sharedLowerBound, trafficPages } from '../src/plan/objective.js';
+import { makePlanWithStats } from '../src/plan/plan.js';
+import { placeVms } from '../src/plan/placement.js';
+
+const WORKER_FLAG = '--plan-scale-worker';
+
+const r4 = (x: number): number => Math.round(x * 10000) / 10000;
+const r2 = (x: number): number => Math.round(x * 100) / 100;
+
+interface SmallCase {
+  seed: number;
+  profile: FleetProfile;
+  vms: number;
+  targets: number;
+  planner: number;
+  greedy: number | null;
+  optimum: number;
+  nodes: number;
+}
+
+function smallCases(count: number): SmallCase[] {
+  const out: SmallCase[] = [];
+  for (let i = 0; i < count; i++) {
+    const seed = 100 + i;
+    const profile: FleetProfile = i % 2 === 0 ? 'measured' : 'clustered';
+    const spec: ClusteredFleetSpec = {
+      seed,
+      vms: 8 + (i % 4),
+      targets: 3 + (i % 3),
+      pagesPerVm: 512,
+      profile,
+      osImages: 2 + (i % 2),
+      tenants: 3 + (i % 3),
+      capacitySlack: 0.1,
+    };
+    const f = generateClusteredFleet(spec);
+    const p = buildProblem(f.vms, f.targets);
+    const r = placeVms(p, f.vms, { seed });
+    const g = greedyPlacement(p, new AssignmentState(p));
+    const opt = exhaustivePlacement(p, { incumbent: r.assignment });
+    out.push({
+      seed,
+      profile,
+      vms: spec.vms,
+      targets: spec.targets,
+      planner: r.trafficPages,
+      greedy: g.complete ? trafficPages(p, g.sharedCost) : null,
+      optimum: opt.trafficPages,
+      nodes: opt.nodes,
+    });
+  }
+  return out;
+}
+
+interface MediumCase {
+  seed: number;
+  profile: FleetProfile;
+  vms: number;
+  targets: number;
+  pagesPerVm: number;
+  plannerTraffic: number;
+  greedyTraffic: number;
+  naiveTraffic: number;
+  /** Traffic no placement can avoid: every content on one target at least. */
+  floorTraffic: number;
+  joinsLeaves: number;
+  unorderedJoinsLeaves: number;
+  multicastGroups: number;
+  seconds: number;
+  graph: string;
+}
+
+function mediumCase(spec: ClusteredFleetSpec & { pagesPerVm: number }): MediumCase {
+  const f = generateClusteredFleet(spec);
+  const { plan, stats } = makePlanWithStats(f.vms, f.targets, {}, { seed: spec.seed ?? 1 });
+  const p = stats.problem;
+  const pr = plan.predicted;
+  const pages = (b: number | undefined) => (b ?? NaN) / 4096;
+  return {
+    seed: spec.seed ?? 1,
+    profile: spec.profile ?? 'measured',
+    vms: spec.vms,
+    targets: spec.targets,
+    pagesPerVm: spec.pagesPerVm,
+    plannerTraffic: pages(pr.placementTrafficBytes),
+    greedyTraffic: pages(pr.greedyTrafficBytes),
+    naiveTraffic: pages(pr.naiveTrafficBytes),
+    floorTraffic: trafficPages(p, sharedLowerBound(p)),
+    joinsLeaves: pr.joins + pr.leaves,
+    unorderedJoinsLeaves: (pr.unorderedJoins ?? 0) + (pr.unorderedLeaves ?? 0),
+    multicastGroups: plan.order.length,
+    seconds: stats.seconds.total,
+    graph: stats.placement?.graphMethod ?? '-',
+  };
+}
+
+function sketchError(spec: ClusteredFleetSpec): { exact: number; minhash: number; error: number; weightError: number } {
+  const f = generateClusteredFleet(spec);
+  const p = buildProblem(f.vms, f.targets);
+  const exact = placeVms(p, f.vms, { graph: 'exact', seed: 1 }).trafficPages;
+  const minhash = placeVms(p, f.vms, { graph: 'minhash', seed: 1 }).trafficPages;
+  // Edge weights: sum of |sketch - exact| over sum of exact, all pairs (no neighbour cap).
+  const ge = buildSharingGraph(f.vms, { method: 'exact', maxNeighbours: f.vms.length });
+  const gm = buildSharingGraph(f.vms, { method: 'minhash', maxNeighbours: f.vms.length });
+  let diff = 0;
+  let total = 0;
+  ge.graph.forEachEdge((_e, a, s, t) => {
+    const w = gm.graph.hasEdge(s, t) ? gm.graph.getEdgeAttribute(s, t, 'weight') : 0;
+    diff += Math.abs(w - a.weight);
+    total += a.weight;
+  });
+  return { exact, minhash, error: r4(minhash / exact - 1), weightError: r4(diff / Math.max(1, total)) };
+}
+
+interface ScaleResult {
+  spec: ClusteredFleetSpec;
+  /** Traffic with the MinHash graph over traffic with the exact graph, minus one (null: exact graph used). */
+  sketchObjectiveError: number | null;
+  contentEntries: number;
+  nonZeroPages: number;
+  distinctContents: number;
+  generateSeconds: number;
+  planSeconds: number;
+  /** CPU time of the planning (wall time grows when the machine is shared). */
+  planCpuSeconds: number;
+  phases: Record<string, number>;
+  rssMiB: number;
+  graph: string;
+  trafficVsGreedy: number;
+  trafficVsNaive: number;
+  joinLeaveVsUnordered: number;
+  multicastGroups: number;
+}
+
+function runScaleWorker(spec: ClusteredFleetSpec, compareExact: boolean): ScaleResult {
+  const t0 = performance.now();
+  const f = generateClusteredFleet(spec);
+  const t1 = performance.now();
+  const cpu0 = process.cpuUsage();
+  const { plan, stats } = makePlanWithStats(f.vms, f.targets, {}, { seed: 1 });
+  const cpu = process.cpuUsage(cpu0);
+  const t2 = performance.now();
+  const pr = plan.predicted;
+  let entries = 0;
+  let nz = 0;
+  for (const vm of f.vms) {
+    entries += vm.contents.length;
+    nz += vm.nonZeroPages;
+  }
+  const rssMiB = Math.round(process.resourceUsage().maxRSS / 1024);
+  // After the measurement: the same placement with the exact graph, for the sketch's effect.
+  let sketchObjectiveError: number | null = null;
+  if (compareExact && stats.placement?.graphMethod === 'minhash') {
+    const exact = placeVms(stats.problem, f.vms, { graph: 'exact', seed: 1 });
+    sketchObjectiveError = r4(stats.placement.trafficPages / exact.trafficPages - 1);
+  }
+  return {
+    spec,
+    sketchObjectiveError,
+    contentEntries: entries,
+    nonZeroPages: nz,
+    distinctContents: stats.problem.distinctContents,
+    generateSeconds: r2((t1 - t0) / 1e3),
+    planSeconds: r2((t2 - t1) / 1e3),
+    planCpuSeconds: r2((cpu.user + cpu.system) / 1e6),
+    phases: Object.fromEntries(Object.entries(stats.seconds).map(([k, v]) => [k, r2(v)])),
+    rssMiB,
+    graph: stats.placement?.graphMethod ?? '-',
+    trafficVsGreedy: r4((pr.placementTrafficBytes ?? NaN) / (pr.greedyTrafficBytes ?? NaN)),
+    trafficVsNaive: r4(pr.trafficBytes / pr.naiveTrafficBytes),
+    joinLeaveVsUnordered: r4((pr.joins + pr.leaves) / ((pr.unorderedJoins ?? 0) + (pr.unorderedLeaves ?? 0))),
+    multicastGroups: plan.order.length,
+  };
+}
+
+/** The scale case in a child process (its own heap and RSS). */
+function scaleInChild(spec: ClusteredFleetSpec, compareExact: boolean): Promise<ScaleResult> {
+  return new Promise((resolve, reject) => {
+    const child = fork(fileURLToPath(import.meta.url), [WORKER_FLAG, JSON.stringify(spec), compareExact ? 'exact' : ''], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    let result: ScaleResult | undefined;
+    child.on('message', (m) => {
+      result = m as ScaleResult;
+    });
+    child.on('error', reject);
+    child.on('exit', (code) => {
+      if (result) resolve(result);
+      else reject(new Error(`plan scale worker exited with code ${code} and no result`));
+    });
+  });
+}
+
+export async function runPlanBench(opts: { quick: boolean; json: boolean }): Promise<Record<string, unknown>> {
+  const started = new Date().toISOString();
+  const log = (s: string) => {
+    if (!opts.json) console.log(s);
+  };
+  log(`plan bench (${opts.quick ? 'quick' : 'full'}): ${availableParallelism()} CPUs, load average ${loadavg()[0]!.toFixed(1)}, node ${process.version}, ${started}`);
+
+  // 1. Against the optimum.
+  const small = smallCases(opts.quick ? 16 : 40);
+  const ratios = small.map((c) => c.planner / c.optimum);
+  const gratios = small.filter((c) => c.greedy !== null).map((c) => c.greedy! / c.optimum);
+  const vsOptimum = r4(Math.max(...ratios));
+  const vsOptimumMean = r4(ratios.reduce((a, b) => a + b, 0) / ratios.length);
+  const optimalCases = ratios.filter((x) => x <= 1 + 1e-12).length;
+  log(
+    `vs exhaustive optimum, ${small.length} fleets of 8-11 VMs on 3-5 targets: worst ${vsOptimum}x, mean ${vsOptimumMean}x, optimal in ${optimalCases}; ` +
+      `VMScatter greedy worst ${r4(Math.max(...gratios))}x, mean ${r4(gratios.reduce((a, b) => a + b, 0) / gratios.length)}x`,
+  );
+
+  // 2. Against VMScatter's greedy, same fleets, same run.
+  const seeds = opts.quick ? [1, 2, 3] : [1, 2, 3, 4, 5];
+  const shapes = opts.quick
+    ? [{ vms: 200, targets: 16, pagesPerVm: 4096 }]
+    : [
+        { vms: 200, targets: 16, pagesPerVm: 4096 },
+        { vms: 500, targets: 32, pagesPerVm: 8192 },
+      ];
+  const medium: MediumCase[] = [];
+  for (const shape of shapes)
+    for (const profile of ['measured', 'clustered'] as const)
+      for (const seed of seeds) medium.push(mediumCase({ seed, profile, ...shape }));
+  const agg = (profile: FleetProfile) => {
+    const m = medium.filter((c) => c.profile === profile);
+    const sum = (f: (c: MediumCase) => number) => m.reduce((a, c) => a + f(c), 0);
+    return {
+      fleets: m.length,
+      trafficVsGreedy: r4(sum((c) => c.plannerTraffic) / sum((c) => c.greedyTraffic)),
+      worstFleetVsGreedy: r4(Math.max(...m.map((c) => c.plannerTraffic / c.greedyTraffic))),
+      bestFleetVsGreedy: r4(Math.min(...m.map((c) => c.plannerTraffic / c.greedyTraffic))),
+      /** Traffic above what no placement can avoid, planner over greedy. */
+      excessVsGreedy: r4(sum((c) => c.plannerTraffic - c.floorTraffic) / sum((c) => c.greedyTraffic - c.floorTraffic)),
+      /** Share of greedy's traffic that any placement could still save at most. */
+      greedyHeadroom: r4(1 - sum((c) => c.floorTraffic) / sum((c) => c.greedyTraffic)),
+      trafficVsNaive: r4(sum((c) => c.plannerTraffic) / sum((c) => c.naiveTraffic)),
+      joinLeaveVsUnordered: r4(sum((c) => c.joinsLeaves) / sum((c) => c.unorderedJoinsLeaves)),
+      meanSeconds: r2(sum((c) => c.seconds) / m.length),
+    };
+  };
+  const measured = agg('measured');
+  const clustered = agg('clustered');
+  log(
+    `vs VMScatter greedy, profile 'measured' (${measured.fleets} fleets): traffic ${measured.trafficVsGreedy}x ` +
+      `(placement-dependent part ${measured.excessVsGreedy}x; at most ${(measured.greedyHeadroom * 100).toFixed(1)}% of greedy's traffic is placement-dependent), ` +
+      `vs plain migration ${measured.trafficVsNaive}x`,
+  );
+  log(
+    `vs VMScatter greedy, profile 'clustered' (labelled; tenants share an application stack, ${clustered.fleets} fleets): traffic ${clustered.trafficVsGreedy}x ` +
+      `(placement-dependent part ${clustered.excessVsGreedy}x; headroom ${(clustered.greedyHeadroom * 100).toFixed(1)}%), vs plain migration ${clustered.trafficVsNaive}x`,
+  );
+  const jl = r4(medium.reduce((a, c) => a + c.joinsLeaves, 0) / medium.reduce((a, c) => a + c.unorderedJoinsLeaves, 0));
+  log(`joins + leaves, ordered schedule vs groups in id order (same channel rule, 4 channels): ${jl}x`);
+
+  // 3. MinHash sketch against the exact graph: effect on the objective.
+  const sk = sketchError({ seed: 21, vms: opts.quick ? 150 : 300, targets: opts.quick ? 12 : 24, pagesPerVm: 4096 });
+  log(
+    `MinHash graph (128 bins) vs exact graph, ${sk.minhash === sk.exact ? 'same' : 'different'} plan: traffic ${sk.error >= 0 ? '+' : ''}${(sk.error * 100).toFixed(2)}%; ` +
+      `edge weights off by ${(sk.weightError * 100).toFixed(1)}% in sum`,
+  );
+
+  // 4. Scale.
+  const scaleSpec: ClusteredFleetSpec = opts.quick
+    ? { seed: 1, vms: 250, targets: 16, pagesPerVm: 16384 }
+    : { seed: 1, vms: 1000, targets: 64, pagesPerVm: 16384 };
+  const scale = await scaleInChild(scaleSpec, !opts.quick);
+  log(
+    `scale${opts.quick ? ' (quick preset: reduced case)' : ''}: ${scale.spec.vms} VMs x ${scale.spec.targets} targets x ${(scale.contentEntries / 1e6).toFixed(1)} M pages ` +
+      `(${(scale.distinctContents / 1e6).toFixed(1)} M distinct): planned in ${scale.planSeconds} s (${scale.planCpuSeconds} s of CPU; load average ${loadavg()[0]!.toFixed(1)}), RSS ${scale.rssMiB} MiB, graph ${scale.graph}; ` +
+      `traffic vs greedy ${scale.trafficVsGreedy}x, vs plain migration ${scale.trafficVsNaive}x; phases ${JSON.stringify(scale.phases)}` +
+      (scale.sketchObjectiveError !== null ? `; MinHash graph vs exact graph at this scale: ${(scale.sketchObjectiveError * 100).toFixed(2)}% traffic` : ''),
+  );
+
+  const result: Record<string, unknown> = {
+    bench: 'plan',
+    preset: opts.quick ? 'quick' : 'full',
+    vsOptimum,
+    vsOptimumMean,
+    vsGreedy: measured.trafficVsGreedy,
+    vsGreedyClustered: clustered.trafficVsGreedy,
+    excessVsGreedy: measured.excessVsGreedy,
+    excessVsGreedyClustered: clustered.excessVsGreedy,
+    joinLeaveVsUnordered: jl,
+    scaleSeconds: scale.planSeconds,
+    scaleCpuSeconds: scale.planCpuSeconds,
+    loadAverage: loadavg().map((x) => r2(x)),
+    scaleRssMiB: scale.rssMiB,
+    scaleCase: { vms: scale.spec.vms, targets: scale.spec.targets, pages: scale.contentEntries, reduced: opts.quick },
+    sketchObjectiveError: scale.sketchObjectiveError ?? sk.error,
+    goals: { vsOptimum: '<= 1.02', vsGreedy: '<= 0.90', scaleSeconds: '<= 20 (full preset)', scaleRssMiB: '<= 4096' },
+    small: {
+      fleets: small.length,
+      optimalCases,
+      greedyVsOptimumWorst: r4(Math.max(...gratios)),
+      greedyVsOptimumMean: r4(gratios.reduce((a, b) => a + b, 0) / gratios.length),
+    },
+    measured,
+    clustered,
+    medium,
+    sketch: sk,
+    scale,
+    machine: {
+      nproc: availableParallelism(),
+      cpu: cpus()[0]?.model ?? 'unknown',
+      node: process.version,
+      totalMemBytes: totalmem(),
+    },
+    date: started,
+    command: `vmscatter bench plan${opts.quick ? ' --quick' : ''}`,
+  };
+  return result;
+}
+
+if (process.argv[2] === WORKER_FLAG && process.send) {
+  const spec = JSON.parse(process.argv[3] ?? '{}') as ClusteredFleetSpec;
+  const r = runScaleWorker(spec, process.argv[4] === 'exact');
+  process.send(r, () => process.exit(0));
+}
