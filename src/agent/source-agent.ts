@@ -30,6 +30,8 @@ export interface MigrateVmOptions {
   job: string;
   contents?: ContentLookup;
   holds?: ContentSet;
+  /** Job-wide set of index contents seen in the streams (dedup minimum accounting). */
+  seen?: ContentSet;
   signal?: AbortSignal;
   logger?: Logger;
   onStats?: (stats: ConvergeSourceStats) => void;
@@ -52,6 +54,7 @@ export async function migrateVm(opts: MigrateVmOptions): Promise<VmMigrationRepo
     vm: vm.name,
     ...(opts.contents ? { contents: opts.contents } : {}),
     ...(opts.holds ? { holds: opts.holds } : {}),
+    ...(opts.seen ? { seen: opts.seen } : {}),
     ...(opts.compress ? { compress: opts.compress } : {}),
   });
   // If the target fails first, stop the producer too.

@@ -6,6 +6,7 @@ import { Command, Option } from 'commander';
 import { ErrorCode, isVmsError } from '../errors.js';
 import { demoCommand } from './demo-command.js';
 import { benchCommand, BENCH_SUITES } from './bench-command.js';
+import { registerServiceCommands } from './service-commands.js';
 
 const program = new Command();
 program
@@ -44,6 +45,9 @@ program
   .action(async (suite: string, opts: { quick?: boolean; json?: boolean }) => {
     await benchCommand(suite, { quick: opts.quick === true, json: opts.json === true });
   });
+
+// coordinator, agent, evacuate, plan, jobs, cancel, agents
+registerServiceCommands(program);
 
 function int(v: string): number {
   const n = Number(v);

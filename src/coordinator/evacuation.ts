@@ -101,8 +101,9 @@ export interface EvacuationReport {
     /** What plain QEMU migration of the same VMs sends (their own streams). */
     plainQemu: number;
     /**
-     * The least any dedup scheme must send: each distinct non-zero content once, every page
-     * resent after the first pass, every device state (from what the VMs report).
+     * The least any dedup scheme must send for the streams the VMs actually produced: each
+     * indexed content that appeared in them once, every page whose content was not in the index
+     * (unique at scan time, or written since: the dirty pages), every device state.
      */
     dedupMinimum: number;
   };
@@ -186,6 +187,7 @@ export async function runEvacuation(input: EvacuationInput): Promise<EvacuationR
 
   // 4. Converge: every VM's own pre-copy through its converge channel, `parallel` at a time.
   const reports = new Map<string, VmMigrationReport>();
+  const seen = new ContentSet(index.contentCount);
   const failures = new Map<string, string>();
   await timed(
     Phase.CONVERGE,
@@ -205,6 +207,7 @@ export async function runEvacuation(input: EvacuationInput): Promise<EvacuationR
               job: input.job,
               contents: index,
               holds: holdSet,
+              seen,
               signal,
               ...(input.compress ? { compress: input.compress } : {}),
               ...(log ? { logger: log } : {}),
@@ -279,7 +282,7 @@ export async function runEvacuation(input: EvacuationInput): Promise<EvacuationR
       converge,
       scatter: scatterBytes,
       plainQemu: vms.reduce((s, v) => s + v.plainBytes, 0),
-      dedupMinimum: index.stats().distinct * PAGE_SIZE + vms.reduce((s, v) => s + (v.resentPages ?? 0) * PAGE_SIZE + (v.deviceStateBytes ?? 0), 0),
+      dedupMinimum: (seen.size + [...reports.values()].reduce((s, r) => s + r.stats.pagesUnindexed, 0)) * PAGE_SIZE + vms.reduce((s, v) => s + (v.deviceStateBytes ?? 0), 0),
     },
     phasesMs,
     index: index.stats(),

@@ -41,6 +41,8 @@ export interface ConvergeSourceOptions {
   contents?: ContentLookup;
   /** What the target is known to hold: filled by scatter reports and by the target's STORED acks. */
   holds?: ContentSet;
+  /** Job-wide: index contents that appeared in any VM's stream (for the dedup minimum). */
+  seen?: ContentSet;
   /** How long to wait for the target's RESULT after END. */
   resultTimeoutMs?: number;
   /** Compress DATA frames with LZ4 (pays where the link, not the CPU, is the bottleneck). */
@@ -57,7 +59,7 @@ export interface ConvergeSourceOptions {
  * 1 MiB: above the 2 x 256 KiB the StreamWriters on both ends may hold back (smaller could
  * stall), small enough to drain in a few ms at the target.
  */
-export const CONVERGE_WINDOW_BYTES = 1024 * 1024;
+export const CONVERGE_WINDOW_BYTES = Number(process.env["VMSQ_W"] ?? 1024 * 1024);
 
 export interface ConvergeSourceStats {
   /** Bytes of the original stream (what plain QEMU migration sends). */
@@ -69,10 +71,12 @@ export interface ConvergeSourceStats {
   pagesRef: number;
   /** DATA frames sent LZ4-compressed. */
   compressedFrames: number;
+  /** Pages whose content the index did not hold (unique at scan time, or written since). */
+  pagesUnindexed: number;
 }
 
 export class ConvergeSource extends Writable {
-  readonly stats: ConvergeSourceStats = { streamBytes: 0, wireBytes: 0, pagesWhole: 0, pagesStored: 0, pagesRef: 0, compressedFrames: 0 };
+  readonly stats: ConvergeSourceStats = { streamBytes: 0, wireBytes: 0, pagesWhole: 0, pagesStored: 0, pagesRef: 0, compressedFrames: 0, pagesUnindexed: 0 };
   /** Resolves with the target's RESULT once the VM runs there; rejects when the migration failed. */
   readonly result: Promise<ConvergeResult>;
 
@@ -133,6 +137,7 @@ export class ConvergeSource extends Writable {
   private rewriter(): StreamHandler {
     const lookup = this.opts.contents;
     const holds = this.opts.holds;
+    const seen = this.opts.seen;
     // Contents stored through this connection: the target has them before it parses anything
     // that follows on the same connection, so they can be referenced at once.
     const storedHere = new ContentSet(1024);
@@ -148,6 +153,8 @@ export class ConvergeSource extends Writable {
       deviceTail: (chunk) => this.writer.raw(chunk),
       page: (block, offset, data, cont) => {
         const id = lookup ? lookup.lookup(data, 0) : -1;
+        if (id < 0) stats.pagesUnindexed++;
+        else seen?.add(id);
         if (id < 0 || !holds) {
           stats.pagesWhole++;
           raw();

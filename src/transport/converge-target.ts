@@ -143,6 +143,9 @@ export class ConvergeTargetConnection {
       case FrameType.DATA:
         if (!this.parser) throw new VmsError(ErrorCode.CONVERGE, 'DATA before HELLO');
         this.parser.push(payload);
+        // Hand the consumer what this frame rebuilt now: holding it back would hold the
+        // source's window shut (and the target QEMU idle) for nothing.
+        this.writer!.flush();
         if (this.acks.length > 0) {
           this.socket.write(encodeStoredFrame(this.acks));
           this.acks.length = 0;

@@ -521,7 +521,10 @@ export class StreamWriter {
     if (this.n === 0) return;
     const chunk = this.out.subarray(0, this.n);
     this.written += this.n;
-    this.out = Buffer.allocUnsafe(this.chunkSize);
+    // Go on filling the rest of the buffer while a good part is left: flushes of short chunks
+    // are frequent (the converge channel flushes per write), and a fresh 256 KiB per flush made
+    // the garbage collector the busiest part of it. Handed-out bytes are never written again.
+    this.out = this.out.length - this.n >= 16 * 1024 ? this.out.subarray(this.n) : Buffer.allocUnsafe(this.chunkSize);
     this.n = 0;
     this.sink(chunk);
   }

@@ -1,0 +1,214 @@
+/**
+ * An agent process: a source host (owning simulated VMs, QEMU guests later) or a target host
+ * (converge server + content store), its HTTP control API, and its link to the coordinator:
+ * register at start, heartbeat, register again when the coordinator forgot it (restart).
+ */
+import { hostname } from 'node:os';
+import { pino, type Logger } from 'pino';
+import { CONTROL_DEFAULTS, parseHostPort, type EvacuationConfig } from '../config.js';
+import { ErrorCode, VmsError, isVmsError } from '../errors.js';
+import { defaultFleet } from '../memory/sim-profile.js';
+import { buildAgentServer } from './agent-server.js';
+import { SimSourceVm } from './sim-agents.js';
+import { SourceHost, hostedSimVm } from './source-host.js';
+import { TargetHost } from './target-host.js';
+import { controlCall, sleep } from '../coordinator/http-client.js';
+import { requireToken, type TypedApp } from '../coordinator/http-server.js';
+import type { AgentRegistration, RegisterReply } from '../coordinator/schemas.js';
+import { VERSION } from '../coordinator/version.js';
+
+const MiB = 1024 * 1024;
+
+export interface AgentHandle {
+  name: string;
+  role: 'source' | 'target';
+  /** Control API base URL, as registered. */
+  url: string;
+  data?: { host: string; port: number };
+  source?: SourceHost;
+  target?: TargetHost;
+  app: TypedApp;
+  logger: Logger;
+  close(): Promise<void>;
+}
+
+export interface StartAgentOptions {
+  logger?: Logger;
+}
+
+const WILDCARD = new Set(['0.0.0.0', '::', '[::]']);
+
+/** The host name others reach this agent at: --advertise, else the listen host, else (wildcard) the hostname. */
+function advertised(cfg: EvacuationConfig, listenHost: string): string {
+  if (cfg.agent.advertise) return cfg.agent.advertise;
+  return WILDCARD.has(listenHost) ? hostname() : listenHost;
+}
+
+export function agentName(cfg: EvacuationConfig): string {
+  if (cfg.agent.name) return cfg.agent.name;
+  const h = hostname().replace(/[^A-Za-z0-9._-]/g, '-').replace(/^[^A-Za-z0-9]+/, '').slice(0, 63);
+  if (!h) throw new VmsError(ErrorCode.CONFIG, 'cannot derive an agent name from the hostname; give --name');
+  return h;
+}
+
+/** The simulated VMs of a source agent: the fleet section, names prefixed with the host name. */
+export function simFleet(cfg: EvacuationConfig, host: string): SimSourceVm[] {
+  const specs = defaultFleet({
+    vms: cfg.fleet.vms,
+    memoryMiB: cfg.fleet.memoryMiB,
+    tenants: cfg.fleet.tenants,
+    seed: cfg.fleet.seed,
+    dirtyPagesPerSec: cfg.fleet.dirtyPagesPerSec,
+    workingSetPages: cfg.fleet.workingSetPages,
+  });
+  specs.forEach((s, i) => {
+    s.name = `${host}-${s.name}`;
+    if (cfg.fleet.osImages > 1) s.osImage = `os-image-${i % cfg.fleet.osImages}`;
+  });
+  const migration = {
+    maxBandwidthBytesPerSec: cfg.migration.maxBandwidthMiBps * MiB,
+    downtimeLimitMs: cfg.migration.downtimeLimitMs,
+    maxRounds: cfg.migration.maxRounds,
+  };
+  return specs.map((s) => new SimSourceVm(s, migration));
+}
+
+export async function startAgent(cfg: EvacuationConfig, o: StartAgentOptions = {}): Promise<AgentHandle> {
+  const token = requireToken(cfg.auth.token, CONTROL_DEFAULTS.minTokenLength, 'the agent');
+  const name = agentName(cfg);
+  const role = cfg.agent.role;
+  const logger = o.logger ?? pino({ level: cfg.log.level, base: { agent: name, role } }, pino.destination(2));
+  const listen = parseHostPort(cfg.agent.listen, 'agent.listen');
+
+  let source: SourceHost | undefined;
+  let target: TargetHost | undefined;
+  let simVms: SimSourceVm[] = [];
+  let data: { host: string; port: number } | undefined;
+  if (role === 'source') {
+    simVms = simFleet(cfg, name);
+    source = new SourceHost({
+      name,
+      vms: simVms.map(hostedSimVm),
+      token,
+      logger,
+      coordinatorGraceMs: CONTROL_DEFAULTS.coordinatorGraceMs,
+      ...(cfg.migration.compress === 'lz4' ? { compress: 'lz4' as const } : {}),
+      scatter: cfg.scatter,
+    });
+  } else {
+    const dl = parseHostPort(cfg.agent.dataListen, 'agent.dataListen');
+    target = new TargetHost({ name, host: dl.host, port: dl.port, logger, scatterInterface: cfg.scatter.interface });
+    const a = await target.listen();
+    data = { host: advertised(cfg, dl.host), port: a.port };
+  }
+
+  let controlUrl = '';
+  const info = (): AgentRegistration => ({
+    name,
+    role,
+    controlUrl,
+    version: VERSION,
+    ...(data ? { data } : {}),
+    ...(target ? { capacityBytes: cfg.agent.capacityMiB * MiB, ...target.usage(), ...(cfg.agent.maxVms > 0 ? { maxVms: cfg.agent.maxVms } : {}) } : {}),
+    vms: source?.listVms() ?? target?.listVms() ?? [],
+  });
+  const app = await buildAgentServer({ token, logger, info, ...(source ? { source } : {}), ...(target ? { target } : {}) });
+  try {
+    await app.listen({ host: listen.host, port: listen.port });
+  } catch (e) {
+    await target?.close();
+    for (const v of simVms) v.vm.stop();
+    throw new VmsError(ErrorCode.CONFIG, `agent cannot listen on ${cfg.agent.listen}: ${(e as Error).message}`, { cause: e });
+  }
+  const addr = app.server.address();
+  const port = typeof addr === 'object' && addr ? addr.port : listen.port;
+  controlUrl = `http://${bracket(advertised(cfg, listen.host))}:${port}`;
+
+  const link = cfg.agent.register ? new CoordinatorLink(cfg.coordinator.url, token, info, logger) : undefined;
+  link?.start();
+  logger.info({ controlUrl, ...(data ? { data } : {}), vms: simVms.length || undefined, coordinator: cfg.coordinator.url }, `${role} agent ${name} ready`);
+
+  let closed = false;
+  return {
+    name,
+    role,
+    url: controlUrl,
+    ...(data ? { data } : {}),
+    ...(source ? { source } : {}),
+    ...(target ? { target } : {}),
+    app,
+    logger,
+    async close() {
+      if (closed) return;
+      closed = true;
+      link?.stop();
+      await source?.close();
+      await app.close();
+      await target?.close();
+      for (const v of simVms) v.vm.stop();
+    },
+  };
+}
+
+function bracket(host: string): string {
+  return host.includes(':') && !host.startsWith('[') ? `[${host}]` : host;
+}
+
+/** Registration and heartbeats; survives coordinator restarts (404 on heartbeat: register again). */
+class CoordinatorLink {
+  private readonly ac = new AbortController();
+  private intervalMs: number = CONTROL_DEFAULTS.heartbeatIntervalMs;
+
+  constructor(
+    private readonly url: string,
+    private readonly token: string,
+    private readonly info: () => AgentRegistration,
+    private readonly log: Logger,
+  ) {}
+
+  start(): void {
+    void this.loop();
+  }
+
+  stop(): void {
+    this.ac.abort();
+  }
+
+  private async loop(): Promise<void> {
+    const signal = this.ac.signal;
+    let registered = false;
+    let lastComplaint = 0;
+    while (!signal.aborted) {
+      try {
+        if (!registered) {
+          const r = await controlCall<RegisterReply>(this.url, '/v1/agents', { body: this.info(), token: this.token, peer: 'the coordinator', signal, timeoutMs: 10_000 });
+          this.intervalMs = r.heartbeatIntervalMs;
+          registered = true;
+          this.log.info({ coordinator: this.url, heartbeatIntervalMs: r.heartbeatIntervalMs }, 'registered with the coordinator');
+        } else {
+          const i = this.info();
+          await controlCall(this.url, `/v1/agents/${encodeURIComponent(i.name)}/heartbeat`, {
+            method: 'PUT',
+            body: { ...(i.vms ? { vms: i.vms } : {}), ...(i.usedBytes !== undefined ? { usedBytes: i.usedBytes } : {}), ...(i.vmCount !== undefined ? { vmCount: i.vmCount } : {}) },
+            token: this.token,
+            peer: 'the coordinator',
+            signal,
+            timeoutMs: Math.max(2000, this.intervalMs * 2),
+          });
+        }
+      } catch (e) {
+        if (signal.aborted) return;
+        if (isVmsError(e) && e.code === ErrorCode.NOT_FOUND) {
+          registered = false; // the coordinator restarted without us
+          continue;
+        }
+        const now = Date.now();
+        if (now - lastComplaint > 30_000) {
+          lastComplaint = now;
+          this.log.warn({ err: (e as Error).message }, isVmsError(e) && e.code === ErrorCode.UNAUTHORIZED ? 'the coordinator refuses our token' : 'coordinator unreachable; retrying');
+        }
+      }
+      await sleep(this.intervalMs, signal);
+    }
+  }
+}

@@ -1,0 +1,79 @@
+/**
+ * `vmscatter agent --role source|target`: a source host (simulated VMs by default: --fleet
+ * sim:vms=8,memoryMiB=256) or a target host, registered with the coordinator.
+ */
+import { envConfig, FleetSchema, mergeConfig, readConfigFile, resolveConfig, type EvacuationConfig } from '../config.js';
+import { ErrorCode, VmsError } from '../errors.js';
+import { startAgent } from '../agent/agent-main.js';
+import { untilSignal } from './coordinator-command.js';
+
+export interface AgentFlags {
+  config?: string;
+  role?: 'source' | 'target';
+  name?: string;
+  listen?: string;
+  dataListen?: string;
+  advertise?: string;
+  coordinator?: string;
+  capacityMib?: number;
+  maxVms?: number;
+  fleet?: string;
+  maxBandwidthMibps?: number;
+  register?: boolean;
+  scatter?: boolean;
+  scatterInterface?: string;
+  mtu?: number;
+  logLevel?: string;
+}
+
+const FLEET_KEYS = Object.keys(FleetSchema.properties);
+
+/** `sim` or `sim:vms=8,memoryMiB=256,...` -> the fleet section's fields (validated by the schema later). */
+export function parseFleetSpec(spec: string): Record<string, number> {
+  const m = /^sim(?::(.*))?$/.exec(spec.trim());
+  if (!m) throw new VmsError(ErrorCode.CONFIG, `--fleet must be "sim" or "sim:key=value,...", got "${spec}"; keys: ${FLEET_KEYS.join(', ')}`);
+  const out: Record<string, number> = {};
+  for (const part of (m[1] ?? '').split(',').filter(Boolean)) {
+    const [k, v, ...rest] = part.split('=');
+    const key = FLEET_KEYS.find((x) => x.toLowerCase() === (k ?? '').trim().toLowerCase());
+    if (!key || v === undefined || rest.length) throw new VmsError(ErrorCode.CONFIG, `--fleet: "${part}" is not key=value with a key among ${FLEET_KEYS.join(', ')}`);
+    const n = Number(v);
+    if (!Number.isFinite(n)) throw new VmsError(ErrorCode.CONFIG, `--fleet: ${key} must be a number, got "${v}"`);
+    out[key] = n;
+  }
+  return out;
+}
+
+export function agentConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = process.env): EvacuationConfig {
+  const file = flags.config ?? env.VMSCATTER_CONFIG;
+  const fromFlags = {
+    agent: {
+      role: flags.role,
+      name: flags.name,
+      listen: flags.listen,
+      dataListen: flags.dataListen,
+      advertise: flags.advertise,
+      capacityMiB: flags.capacityMib,
+      maxVms: flags.maxVms,
+      // commander defaults --no-register's value to true: only an explicit --no-register counts.
+      register: flags.register === false ? false : undefined,
+    },
+    coordinator: { url: flags.coordinator },
+    fleet: flags.fleet ? parseFleetSpec(flags.fleet) : undefined,
+    migration: { maxBandwidthMiBps: flags.maxBandwidthMibps },
+    // commander defaults --no-scatter's value to true: only an explicit --no-scatter counts.
+    scatter: { enabled: flags.scatter === false ? false : undefined, interface: flags.scatterInterface, mtu: flags.mtu },
+    log: { level: flags.logLevel },
+  };
+  return resolveConfig(mergeConfig(file ? readConfigFile(file) : {}, envConfig(env), fromFlags), file ? `config ${file} with environment and flags` : 'environment and flags');
+}
+
+export async function agentCommand(flags: AgentFlags): Promise<void> {
+  const cfg = agentConfig(flags);
+  const a = await startAgent(cfg);
+  const what = a.role === 'source' ? `${a.source?.listVms().length ?? 0} simulated VMs` : `converge on ${a.data?.host}:${a.data?.port}`;
+  process.stdout.write(`vmscatter agent ${a.name} (${a.role}) listening on ${a.url}; ${what}; coordinator ${cfg.coordinator.url}\n`);
+  await untilSignal();
+  process.stderr.write(`vmscatter agent ${a.name}: shutting down${a.role === 'source' ? '; runs are cancelled and their VMs keep running here' : ''}\n`);
+  await a.close();
+}

@@ -1,0 +1,178 @@
+/**
+ * The control plane's pieces without sockets: per-host migration slots, agent liveness, the
+ * fleet wire format, configuration layering (file < environment < flags) and the job store.
+ */
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pino } from 'pino';
+import { describe, expect, it } from 'vitest';
+import { envConfig, resolveConfig } from '../../src/config.js';
+import { AgentRegistry, type AgentRecord } from '../../src/coordinator/agents-registry.js';
+import { decodeContents, encodeContents } from '../../src/coordinator/fleet-wire.js';
+import { MigrationSlots } from '../../src/coordinator/migration-slots.js';
+import { FileStateStore } from '../../src/coordinator/state-store.js';
+import { agentConfig, parseFleetSpec } from '../../src/cli/agent-command.js';
+import { coordinatorConfig } from '../../src/cli/coordinator-command.js';
+
+const silent = pino({ level: 'silent' });
+
+describe('MigrationSlots', () => {
+  it('bounds outgoing per source and incoming per target over all jobs', async () => {
+    const s = new MigrationSlots({ maxOutgoingPerSource: 2, maxIncomingPerTarget: 1 });
+    expect(await s.acquire('j1', 'a', 'src', 't1', { timeoutMs: 10 })).toBe(true);
+    expect(await s.acquire('j1', 'b', 'src', 't2', { timeoutMs: 10 })).toBe(true);
+    // Source full (2 out), and t1 full (1 in).
+    expect(await s.acquire('j2', 'c', 'src', 't3', { timeoutMs: 10 })).toBe(false);
+    expect(await s.acquire('j3', 'x', 'other', 't1', { timeoutMs: 10 })).toBe(false);
+    expect(await s.acquire('j3', 'y', 'other', 't3', { timeoutMs: 10 })).toBe(true);
+    expect(s.outgoing('src')).toBe(2);
+    expect(s.incoming('t1')).toBe(1);
+    expect(s.describe('src', 't1')).toMatch(/source src has 2\/2 outgoing.*target t1 has 1\/1 incoming/);
+    // Asking again for a held slot is idempotent.
+    expect(await s.acquire('j1', 'a', 'src', 't1', { timeoutMs: 10 })).toBe(true);
+    expect(s.outgoing('src')).toBe(2);
+  });
+
+  it('grants waiters in order when slots are released, and turns away a finished job', async () => {
+    const s = new MigrationSlots({ maxOutgoingPerSource: 1, maxIncomingPerTarget: 5 });
+    expect(await s.acquire('j1', 'a', 'src', 't1', { timeoutMs: 10 })).toBe(true);
+    const order: string[] = [];
+    const b = s.acquire('j1', 'b', 'src', 't1', { timeoutMs: 5000 }).then((g) => (order.push('b'), g));
+    const c = s.acquire('j2', 'c', 'src', 't2', { timeoutMs: 5000 }).then((g) => (order.push('c'), g));
+    const d = s.acquire('j3', 'd', 'src', 't2', { timeoutMs: 5000 }).then((g) => (order.push('d'), g));
+    expect(s.waiting()).toBe(3);
+    s.release('j1', 'a');
+    expect(await b).toBe(true);
+    s.releaseJob('j2'); // c is turned away
+    expect(await c).toBe(false);
+    s.release('j1', 'b');
+    expect(await d).toBe(true);
+    expect(order).toEqual(['b', 'c', 'd']);
+    s.releaseJob('j3');
+    expect(s.usage()).toEqual([]);
+  });
+
+  it('a waiter that does not fit blocks later waiters on the same hosts only', async () => {
+    const s = new MigrationSlots({ maxOutgoingPerSource: 1, maxIncomingPerTarget: 1 });
+    await s.acquire('j1', 'a', 's1', 't1', { timeoutMs: 10 });
+    const blocked = s.acquire('j2', 'b', 's2', 't1', { timeoutMs: 5000 }); // t1 full
+    // s2 is "claimed" by the earlier waiter: a newcomer on s2 waits behind it.
+    expect(await s.acquire('j3', 'c', 's2', 't2', { timeoutMs: 20 })).toBe(false);
+    // Other hosts go ahead.
+    expect(await s.acquire('j4', 'd', 's3', 't3', { timeoutMs: 10 })).toBe(true);
+    s.release('j1', 'a');
+    expect(await blocked).toBe(true);
+  });
+
+  it('restore holds a slot whatever the limits (re-attach after a restart); an aborted wait gives up', async () => {
+    const s = new MigrationSlots({ maxOutgoingPerSource: 1, maxIncomingPerTarget: 1 });
+    s.restore('j', 'a', 'src', 't');
+    s.restore('j', 'b', 'src', 't');
+    expect(s.outgoing('src')).toBe(2);
+    const ac = new AbortController();
+    const p = s.acquire('j', 'c', 'src', 't', { timeoutMs: 5000, signal: ac.signal });
+    ac.abort();
+    expect(await p).toBe(false);
+    expect(s.waiting()).toBe(0);
+  });
+});
+
+describe('AgentRegistry', () => {
+  it('marks a silent agent lost once, and ready again when it reports', () => {
+    let now = 1000;
+    const lost: string[] = [];
+    const r = new AgentRegistry({ lostAfterMs: 500, pollIntervalMs: 100, staticAgents: [], token: 'x', logger: silent, onLost: (a: AgentRecord) => lost.push(a.name), now: () => now });
+    r.register({ name: 't1', role: 'target', controlUrl: 'http://h:1' });
+    r.register({ name: 's1', role: 'source', controlUrl: 'http://h:2' });
+    now += 400;
+    r.heartbeat('s1', {});
+    now += 200;
+    r.checkLiveness();
+    expect(lost).toEqual(['t1']);
+    expect(r.get('t1')?.state).toBe('lost');
+    r.checkLiveness();
+    expect(lost).toEqual(['t1']);
+    expect(() => r.require('t1', 'target')).toThrow(/lost: no heartbeat/);
+    expect(() => r.require('s1', 'target')).toThrow(/s1 is a source agent/);
+    r.heartbeat('t1', { usedBytes: 5 });
+    expect(r.require('t1', 'target').usedBytes).toBe(5);
+    expect(r.heartbeat('nobody', {})).toBeUndefined();
+    // An agent never seen counts as gone only after lostAfterMs of coordinator uptime.
+    expect(r.isGone('nobody')).toBe(true);
+    expect(r.list().map((a) => a.name)).toEqual(['s1', 't1']);
+  });
+});
+
+describe('fleet wire format', () => {
+  it('round-trips content ids as little-endian base64 and rejects bad input', () => {
+    const ids = Uint32Array.of(0, 7, 65536, 0xfffffffe);
+    const b64 = encodeContents(ids);
+    expect(Buffer.from(b64, 'base64').readUInt32LE(4)).toBe(7);
+    expect(decodeContents(b64, 'x')).toEqual(ids);
+    expect(() => decodeContents(Buffer.from([1, 2, 3]).toString('base64'), 'vm a')).toThrow(/vm a: .*multiple of 4/);
+    expect(() => decodeContents(encodeContents(Uint32Array.of(3, 3)), 'vm b')).toThrow(/ascending and distinct/);
+  });
+});
+
+describe('configuration', () => {
+  it('layers file < environment < flags through one schema with named defaults', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vmscatter-cfg-'));
+    try {
+      const file = join(dir, 'c.json');
+      writeFileSync(file, JSON.stringify({ coordinator: { listen: '0.0.0.0:7000', maxOutgoingPerSource: 3 }, auth: { token: 'from-file-token-0000' } }));
+      const env = { VMSCATTER_TOKEN: 'from-env-token-11111', VMSCATTER_STATE_DIR: '/tmp/x' };
+      const { cfg, urlGiven } = coordinatorConfig({ config: file, maxOutgoing: 5 }, env);
+      expect(cfg.coordinator).toMatchObject({ listen: '0.0.0.0:7000', maxOutgoingPerSource: 5, maxIncomingPerTarget: 2, stateDir: '/tmp/x', heartbeatIntervalMs: 2000 });
+      expect(cfg.auth.token).toBe('from-env-token-11111');
+      expect(urlGiven).toBe(false);
+      expect(coordinatorConfig({ url: 'http://c:1' }, {}).urlGiven).toBe(true);
+      expect(() => coordinatorConfig({ listen: 'nonsense' }, {})).toThrow(/\/coordinator\/listen must match pattern/);
+      expect(() => coordinatorConfig({ maxIncoming: 0 }, {})).toThrow(/maxIncomingPerTarget must be >= 1/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('maps the environment variables it names, and nothing else', () => {
+    expect(envConfig({ VMSCATTER_TOKEN: 't', VMSCATTER_COORDINATOR: 'http://c:1', VMSCATTER_LOG_LEVEL: 'debug', OTHER: 'x', VMSCATTER_AGENT_NAME: '' })).toEqual({
+      auth: { token: 't' },
+      coordinator: { url: 'http://c:1' },
+      log: { level: 'debug' },
+    });
+    expect(() => resolveConfig(envConfig({ VMSCATTER_LOG_LEVEL: 'loud' }))).toThrow(/\/log\/level/);
+  });
+
+  it('parses --fleet sim:key=value into the fleet section', () => {
+    expect(parseFleetSpec('sim')).toEqual({});
+    expect(parseFleetSpec('sim:vms=3,memoryMiB=32,dirtypagespersec=10')).toEqual({ vms: 3, memoryMiB: 32, dirtyPagesPerSec: 10 });
+    expect(() => parseFleetSpec('qemu:x')).toThrow(/"sim" or "sim:key=value/);
+    expect(() => parseFleetSpec('sim:color=red')).toThrow(/key among vms, memoryMiB/);
+    expect(() => parseFleetSpec('sim:vms=many')).toThrow(/vms must be a number/);
+    const cfg = agentConfig({ role: 'source', fleet: 'sim:vms=3,memoryMiB=32', register: true }, { VMSCATTER_TOKEN: 'x'.repeat(16) });
+    expect(cfg.fleet).toMatchObject({ vms: 3, memoryMiB: 32, tenants: 2 });
+    expect(cfg.agent).toMatchObject({ role: 'source', register: true, listen: '127.0.0.1:7401' });
+    expect(agentConfig({ register: false }, {}).agent.register).toBe(false);
+    expect(() => agentConfig({ fleet: 'sim:vms=0' }, {})).toThrow(/\/fleet\/vms must be >= 1/);
+  });
+});
+
+describe('FileStateStore', () => {
+  it('writes one file per job atomically and skips unreadable ones', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vmscatter-state-'));
+    try {
+      const st = new FileStateStore(dir, silent);
+      st.save('j-1', { id: 'j-1', n: 1 });
+      st.save('j-1', { id: 'j-1', n: 2 });
+      st.save('j-2', { id: 'j-2' });
+      writeFileSync(join(dir, 'jobs', 'broken.json'), '{');
+      expect(readdirSync(join(dir, 'jobs')).sort()).toEqual(['broken.json', 'j-1.json', 'j-2.json']);
+      expect(st.load()).toEqual(expect.arrayContaining([{ id: 'j-1', n: 2 }, { id: 'j-2' }]));
+      expect(st.load()).toHaveLength(2);
+      st.remove('j-2');
+      expect(() => st.save('../evil', {})).toThrow(/not a safe file name/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
