@@ -204,11 +204,11 @@ function markdown(list: Array<{ scenario: { label: string; headline: boolean }; 
 
 /** Two bar charts side by side: MB on the sender's link, and wall seconds, per strategy. */
 export function chart(results: StrategyResult[], title: string): string {
-  const W = 760;
+  const W = 880;
   const H = 360;
   const pad = { l: 60, r: 20, t: 50, b: 90 };
   const panelW = (W - pad.l - pad.r - 60) / 2;
-  const colors = ['#7f7f7f', '#b0b0b0', '#4e79a7', '#59a14f', '#f28e2b'];
+  const colors = ['#7f7f7f', '#a0a0a0', '#4e79a7', '#59a14f', '#f28e2b'];
   const panel = (x0: number, label: string, values: number[], fmt: (v: number) => string): string => {
     const max = Math.max(...values, 1e-9) * 1.15;
     const bw = panelW / values.length;
@@ -225,7 +225,7 @@ export function chart(results: StrategyResult[], title: string): string {
     return g;
   };
   let svg = `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif"><rect width="100%" height="100%" fill="white"/>`;
-  svg += `<text x="${W / 2}" y="20" text-anchor="middle" font-size="14" font-weight="bold">${escapeXml(title)}</text>`;
+  svg += `<text x="${W / 2}" y="20" text-anchor="middle" font-size="12" font-weight="bold">${escapeXml(title)}</text>`;
   svg += panel(pad.l, 'MB on the sender link', results.map((r) => r.senderBytes / 1e6), (v) => v.toFixed(0));
   svg += panel(pad.l + panelW + 60, 'wall time, s (CPU-bound, loopback)', results.map((r) => r.wallSeconds), (v) => v.toFixed(1));
   results.forEach((r, i) => {
