@@ -15,10 +15,10 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { SimSourceVm } from '../src/agent/sim-agents.js';
+import { simFleetFromConfig } from '../src/agent/sim-agents.js';
 import { resolveConfig, type EvacuationConfig } from '../src/config.js';
 import { runSimEvacuation } from '../src/cli/demo-command.js';
-import { defaultFleet, DEFAULT_PROFILE } from '../src/memory/sim-profile.js';
+import { DEFAULT_PROFILE } from '../src/memory/sim-profile.js';
 import { plainMigrate } from './plain-migration.js';
 
 export const STRATEGIES = {
@@ -87,9 +87,7 @@ async function runStrategy(id: StrategyId, sc: Scenario): Promise<StrategyResult
   const cfg = sc.config;
   const migration = { maxBandwidthBytesPerSec: cfg.migration.maxBandwidthMiBps * 1024 * 1024, downtimeLimitMs: cfg.migration.downtimeLimitMs, maxRounds: cfg.migration.maxRounds };
   if (id === 'a' || id === 'b') {
-    const specs = defaultFleet({ vms: cfg.fleet.vms, memoryMiB: cfg.fleet.memoryMiB, tenants: cfg.fleet.tenants, seed: cfg.fleet.seed, dirtyPagesPerSec: cfg.fleet.dirtyPagesPerSec, workingSetPages: cfg.fleet.workingSetPages });
-    if (cfg.fleet.osImages > 1) specs.forEach((s, i) => (s.osImage = `os-image-${i % cfg.fleet.osImages}`));
-    const vms = specs.map((s) => new SimSourceVm(s, migration));
+    const vms = simFleetFromConfig(cfg);
     try {
       const m = await measure(() => plainMigrate(vms, { parallel: id === 'a' ? 1 : vms.length, ...migration }));
       const bytes = m.value.reduce((s, v) => s + v.bytes, 0);

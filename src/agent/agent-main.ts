@@ -7,9 +7,8 @@ import { hostname } from 'node:os';
 import { pino, type Logger } from 'pino';
 import { CONTROL_DEFAULTS, parseHostPort, type EvacuationConfig } from '../config.js';
 import { ErrorCode, VmsError, isVmsError } from '../errors.js';
-import { defaultFleet } from '../memory/sim-profile.js';
 import { buildAgentServer } from './agent-server.js';
-import { SimSourceVm } from './sim-agents.js';
+import { simFleetFromConfig, type SimSourceVm } from './sim-agents.js';
 import { SourceHost, hostedSimVm } from './source-host.js';
 import { TargetHost } from './target-host.js';
 import { controlCall, sleep } from '../coordinator/http-client.js';
@@ -53,24 +52,7 @@ export function agentName(cfg: EvacuationConfig): string {
 
 /** The simulated VMs of a source agent: the fleet section, names prefixed with the host name. */
 export function simFleet(cfg: EvacuationConfig, host: string): SimSourceVm[] {
-  const specs = defaultFleet({
-    vms: cfg.fleet.vms,
-    memoryMiB: cfg.fleet.memoryMiB,
-    tenants: cfg.fleet.tenants,
-    seed: cfg.fleet.seed,
-    dirtyPagesPerSec: cfg.fleet.dirtyPagesPerSec,
-    workingSetPages: cfg.fleet.workingSetPages,
-  });
-  specs.forEach((s, i) => {
-    s.name = `${host}-${s.name}`;
-    if (cfg.fleet.osImages > 1) s.osImage = `os-image-${i % cfg.fleet.osImages}`;
-  });
-  const migration = {
-    maxBandwidthBytesPerSec: cfg.migration.maxBandwidthMiBps * MiB,
-    downtimeLimitMs: cfg.migration.downtimeLimitMs,
-    maxRounds: cfg.migration.maxRounds,
-  };
-  return specs.map((s) => new SimSourceVm(s, migration));
+  return simFleetFromConfig(cfg, `${host}-`);
 }
 
 export async function startAgent(cfg: EvacuationConfig, o: StartAgentOptions = {}): Promise<AgentHandle> {

@@ -10,6 +10,7 @@ import type { Logger } from 'pino';
 import type { EvacuationConfig } from '../config.js';
 import { controlCall } from '../coordinator/http-client.js';
 import type { ScatterOutcome, ScatterRunner } from '../coordinator/evacuation.js';
+import { scatterOutcome } from '../coordinator/loopback-scatter.js';
 import type { RunTarget } from '../coordinator/schemas.js';
 import { ScatterSender, sessionFromPlan, sessionToJson } from '../transport/scatter.js';
 
@@ -57,18 +58,7 @@ export function createRemoteScatter(o: { job: string; cfg: EvacuationConfig['sca
         }),
       );
       const r = await sender.run();
-      const notes: string[] = [];
-      if (!r.sender.igmp.checked) notes.push(`network-level join check skipped: ${r.sender.igmp.reason ?? 'no CAP_NET_RAW'}`);
-      const incomplete = r.targets.filter((t) => !t.complete).map((t) => t.name);
-      if (incomplete.length) notes.push(`incomplete after repair: ${incomplete.join(', ')} (converge carries the rest)`);
-      return {
-        held: plan.targets.map((_, t) => r.targets.find((x) => x.target === t)?.held ?? new Uint32Array(0)),
-        bytesSent: r.sender.bytesSent,
-        bytesReceived: r.targets.reduce((s, t) => s + t.bytes, 0),
-        datagrams: r.sender.datagrams,
-        repairs: r.sender.repairs,
-        notes,
-      };
+      return scatterOutcome(plan, r);
     } catch (e) {
       if (ctx.signal.aborted) throw e;
       o.logger.warn({ job: o.job, err: (e as Error).message }, 'scatter failed; converge carries every page');

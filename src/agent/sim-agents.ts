@@ -7,7 +7,8 @@ import { ErrorCode, VmsError } from '../errors.js';
 import { SimVm } from '../memory/sim-vm.js';
 import { runPrecopy } from '../memory/sim-source.js';
 import { SimTarget } from '../memory/sim-target.js';
-import type { SimVmSpec } from '../memory/sim-profile.js';
+import { defaultFleet, type SimVmSpec } from '../memory/sim-profile.js';
+import type { EvacuationConfig } from '../config.js';
 import type { RamImage } from '../memory/ram-image.js';
 import type { IncomingFactory, IncomingVm } from '../transport/converge-target.js';
 import type { SourceMigrationResult, SourceVm } from './source-vm.js';
@@ -55,6 +56,31 @@ export class SimSourceVm implements SourceVm {
   resume(): void {
     this.vm.cont();
   }
+}
+
+/**
+ * The simulated VMs a fleet configuration describes, running (dirtying) from now on. VM i gets
+ * OS image i mod osImages; names get `namePrefix` (a source agent prefixes its host name).
+ */
+export function simFleetFromConfig(cfg: Pick<EvacuationConfig, 'fleet' | 'migration'>, namePrefix = ''): SimSourceVm[] {
+  const specs = defaultFleet({
+    vms: cfg.fleet.vms,
+    memoryMiB: cfg.fleet.memoryMiB,
+    tenants: cfg.fleet.tenants,
+    seed: cfg.fleet.seed,
+    dirtyPagesPerSec: cfg.fleet.dirtyPagesPerSec,
+    workingSetPages: cfg.fleet.workingSetPages,
+  });
+  specs.forEach((s, i) => {
+    s.name = namePrefix + s.name;
+    if (cfg.fleet.osImages > 1) s.osImage = `os-image-${i % cfg.fleet.osImages}`;
+  });
+  const migration = {
+    maxBandwidthBytesPerSec: cfg.migration.maxBandwidthMiBps * 1024 * 1024,
+    downtimeLimitMs: cfg.migration.downtimeLimitMs,
+    maxRounds: cfg.migration.maxRounds,
+  };
+  return specs.map((s) => new SimSourceVm(s, migration));
 }
 
 /** Rebuilds incoming VMs into simulated targets and keeps their images for verification. */

@@ -6,10 +6,9 @@
 import { cpus, totalmem } from 'node:os';
 import { pino } from 'pino';
 import { mergeConfig, readConfigFile, resolveConfig, type EvacuationConfig } from '../config.js';
-import { SimSourceVm, SimTargetHost, verifySimVm } from '../agent/sim-agents.js';
+import { simFleetFromConfig, SimTargetHost, verifySimVm, type SimSourceVm } from '../agent/sim-agents.js';
 import { TargetAgent } from '../agent/target-agent.js';
 import { runEvacuation, type EvacuationReport, type EvacuationTarget } from '../coordinator/evacuation.js';
-import { defaultFleet } from '../memory/sim-profile.js';
 import { createPlanner } from '../coordinator/planner.js';
 import { createLoopbackScatter } from '../coordinator/loopback-scatter.js';
 import { createProgressView } from './progress.js';
@@ -53,21 +52,7 @@ export interface SimEvacuationOptions {
 /** Runs one embedded evacuation of a simulated fleet; used by the demo, tests and benches. */
 export async function runSimEvacuation(cfg: EvacuationConfig, opts: SimEvacuationOptions = {}): Promise<EvacuationReport & { config: EvacuationConfig }> {
   const logger = pino({ level: opts.logLevel ?? 'warn' }, pino.destination(2));
-  const specs = defaultFleet({
-    vms: cfg.fleet.vms,
-    memoryMiB: cfg.fleet.memoryMiB,
-    tenants: cfg.fleet.tenants,
-    seed: cfg.fleet.seed,
-    dirtyPagesPerSec: cfg.fleet.dirtyPagesPerSec,
-    workingSetPages: cfg.fleet.workingSetPages,
-  });
-  if (cfg.fleet.osImages > 1) specs.forEach((s, i) => (s.osImage = `os-image-${i % cfg.fleet.osImages}`));
-  const migration = {
-    maxBandwidthBytesPerSec: cfg.migration.maxBandwidthMiBps * 1024 * 1024,
-    downtimeLimitMs: cfg.migration.downtimeLimitMs,
-    maxRounds: cfg.migration.maxRounds,
-  };
-  const vms = specs.map((s) => new SimSourceVm(s, migration));
+  const vms = simFleetFromConfig(cfg);
   const hosts = Array.from({ length: cfg.targets }, () => new SimTargetHost());
   const agents = hosts.map((h, i) => new TargetAgent({ name: `target${i}`, incoming: h.incoming, logger }));
   const job = `demo-${Date.now().toString(36)}`;

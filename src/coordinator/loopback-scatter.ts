@@ -7,7 +7,9 @@ import type { TargetAgent } from '../agent/target-agent.js';
 import type { EvacuationConfig } from '../config.js';
 import { ErrorCode, VmsError } from '../errors.js';
 import { runScatter } from '../transport/scatter.js';
-import type { ScatterRunner } from './evacuation.js';
+import type { Plan } from '../plan/types.js';
+import type { ScatterResult } from '../transport/multicast-sender.js';
+import type { ScatterOutcome, ScatterRunner } from './evacuation.js';
 
 export function createLoopbackScatter(cfg: EvacuationConfig['scatter'], agents: TargetAgent[], job: string): ScatterRunner {
   return async (plan, index, ctx) => {
@@ -25,18 +27,23 @@ export function createLoopbackScatter(cfg: EvacuationConfig['scatter'], agents: 
       sender: { rateBytesPerSec: cfg.rateMBps * 1e6 },
       onProgress: (p) => ctx.onProgress(p.bytesSent, p.bytesTotal),
     });
-    const notes: string[] = [];
-    if (!r.sender.igmp.checked) notes.push(`network-level join check skipped: ${r.sender.igmp.reason ?? 'no CAP_NET_RAW'}`);
-    const incomplete = r.targets.filter((t) => !t.complete).map((t) => t.name);
-    if (incomplete.length) notes.push(`incomplete after repair: ${incomplete.join(', ')} (converge carries the rest)`);
-    return {
-      held: plan.targets.map((_, t) => r.targets.find((x) => x.target === t)?.held ?? new Uint32Array(0)),
-      bytesSent: r.sender.bytesSent,
-      bytesReceived: r.targets.reduce((s, t) => s + t.bytes, 0),
-      datagrams: r.sender.datagrams,
-      repairs: r.sender.repairs,
-      notes,
-    };
+    return scatterOutcome(plan, r);
+  };
+}
+
+/** What the evacuation keeps of a scatter: holdings from the targets' reports, bytes, notes. */
+export function scatterOutcome(plan: Plan, r: ScatterResult): ScatterOutcome {
+  const notes: string[] = [];
+  if (!r.sender.igmp.checked) notes.push(`network-level join check skipped: ${r.sender.igmp.reason ?? 'no CAP_NET_RAW'}`);
+  const incomplete = r.targets.filter((t) => !t.complete).map((t) => t.name);
+  if (incomplete.length) notes.push(`incomplete after repair: ${incomplete.join(', ')} (converge carries the rest)`);
+  return {
+    held: plan.targets.map((_, t) => r.targets.find((x) => x.target === t)?.held ?? new Uint32Array(0)),
+    bytesSent: r.sender.bytesSent,
+    bytesReceived: r.targets.reduce((s, t) => s + t.bytes, 0),
+    datagrams: r.sender.datagrams,
+    repairs: r.sender.repairs,
+    notes,
   };
 }
 
