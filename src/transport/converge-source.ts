@@ -59,7 +59,7 @@ export interface ConvergeSourceOptions {
  * 1 MiB: above the 2 x 256 KiB the StreamWriters on both ends may hold back (smaller could
  * stall), small enough to drain in a few ms at the target.
  */
-export const CONVERGE_WINDOW_BYTES = Number(process.env["VMSQ_W"] ?? 1024 * 1024);
+export const CONVERGE_WINDOW_BYTES = 1024 * 1024;
 
 export interface ConvergeSourceStats {
   /** Bytes of the original stream (what plain QEMU migration sends). */
