@@ -17,6 +17,7 @@ const suites: Record<string, () => Promise<Suite>> = {
   scan: async () => (await import('../../bench/scan.js')).runScanBench,
   plan: async () => (await import('../../bench/plan.js')).runPlanBench,
   scatter: async () => (await import('../../bench/scatter.js')).runScatterBench,
+  qemu: async () => (await import('../../bench/qemu.js')).runQemuBench,
   strategies: async () => (await import('../../bench/strategies.js')).runStrategiesBench,
 };
 

@@ -31,8 +31,14 @@ program
   .option('--lz4', 'compress converge frames with LZ4')
   .option('--no-scatter', 'skip the multicast scatter (converge-only dedup)')
   .addOption(new Option('--strategy <name>', 'placement strategy').choices(['graph', 'greedy', 'round-robin']))
+  .option('--qemu', 'real QEMU guests (built from Debian packages; needs qemu-system-x86) instead of simulated VMs')
   .option('--log-level <level>', 'pino log level on stderr', 'warn')
   .action(async (opts) => {
+    if (opts.qemu) {
+      const { demoQemuCommand } = await import('./demo-qemu.js');
+      await demoQemuCommand(opts);
+      return;
+    }
     await demoCommand(opts);
   });
 

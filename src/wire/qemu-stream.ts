@@ -522,7 +522,7 @@ export class StreamWriter {
     const chunk = this.out.subarray(0, this.n);
     this.written += this.n;
     // Go on filling the rest of the buffer while a good part is left: flushes of short chunks
-    // are frequent (the converge channel flushes per write), and a fresh 256 KiB per flush made
+    // are frequent (the converge target flushes after every frame), and a fresh 256 KiB per flush made
     // the garbage collector the busiest part of it. Handed-out bytes are never written again.
     this.out = this.out.length - this.n >= 16 * 1024 ? this.out.subarray(this.n) : Buffer.allocUnsafe(this.chunkSize);
     this.n = 0;
