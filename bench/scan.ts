@@ -1,3 +1,4 @@
+import { makeRng as prng } from '../src/rng.js';
 import { buildStreamChunks, copyOnce, parseOnce } from './parse.js';
 import { hash as oneShotHash, randomFillSync } from 'node:crypto';
 import { availableParallelism, cpus, totalmem } from 'node:os';
@@ -24,17 +25,6 @@ interface Fleet {
   totalBytes: number;
 }
 
-/** Deterministic PRNG (mulberry32): the same fleet every run. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function randomPages(n: number): Buffer {
   const b = Buffer.allocUnsafeSlow(n * PAGE_SIZE);

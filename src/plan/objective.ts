@@ -672,14 +672,4 @@ export function checkAssignment(p: PlacementProblem, assign: Int32Array): string
   return errs;
 }
 
-/** Small seeded PRNG (mulberry32). */
-export function makeRng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { makeRng } from '../rng.js';

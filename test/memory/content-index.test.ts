@@ -1,3 +1,4 @@
+import { makeRng as prng } from '../../src/rng.js';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -8,17 +9,6 @@ import { ContentIndex, type PageHash, type VmScan } from '../../src/memory/conte
 import { PAGE_SIZE, ZERO_CONTENT, type PageSource } from '../../src/memory/page.js';
 import { BufferPageSource, FilePageSource } from '../../src/memory/scan.js';
 
-/** Deterministic PRNG (mulberry32) so failures reproduce. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** A non-zero page determined by `label` (label 0 is the zero page). */
 function page(label: number): Buffer {

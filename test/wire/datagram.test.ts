@@ -1,3 +1,4 @@
+import { makeRng as prng } from '../../src/rng.js';
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { PAGE_SIZE } from '../../src/memory/page.js';
@@ -33,16 +34,6 @@ import {
   type ReceiverCounters,
 } from '../../src/wire/datagram.js';
 
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function page(fill: number): Buffer {
   return Buffer.alloc(PAGE_SIZE, fill);
