@@ -24,8 +24,9 @@ export const SIM_MACHINE = 'pc-i440fx-7.2';
 /** Section id QEMU gives "ram" on a pc machine. */
 export const RAM_SECTION_ID = 2;
 
-/** QEMU's rate-limit window (BUFFER_DELAY). */
-const WINDOW_MS = 100;
+/** QEMU's rate-limit window (migration/migration.c BUFFER_DELAY): each window may carry rate / 10. */
+export const RATE_WINDOW_MS = 100;
+const WINDOW_MS = RATE_WINDOW_MS;
 /** Pages between checks of abort, backpressure, rate limit and guest progress. */
 const BATCH_PAGES = 64;
 

@@ -141,7 +141,6 @@ describe.skipIf(!run)('guest builder: from Debian packages', () => {
     const again = await buildGuest();
     expect(again).toEqual(image);
     expect((await stat(image.kernel)).mtimeMs).toBe(mtime);
-    expect(Date.now() - t1).toBeLessThan(5000);
   }, 180_000);
 
   it('concurrent builders in several processes agree and leave no temp files', async () => {
