@@ -21,6 +21,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { QEMU_DEFAULT_DOWNTIME_LIMIT_MS, QEMU_DEFAULT_MAX_BANDWIDTH } from '../config.js';
 import { ErrorCode, VmsError, isVmsError } from '../errors.js';
+import { PAGE_SIZE } from '../memory/page.js';
 import { FilePageSource } from '../memory/scan.js';
 import { launchGuest, QEMU_DEFAULTS, type LaunchOptions, type QemuGuest } from '../qemu/launcher.js';
 import type { QmpEvent } from '../qemu/qmp.js';
@@ -28,7 +29,6 @@ import type { IncomingFactory, IncomingVm } from '../transport/converge-target.j
 import type { HelloFrame } from '../wire/converge-frame.js';
 import { epochNowMs, type SourceMigrationResult, type SourceVm } from './source-vm.js';
 
-const MiB = 1024 * 1024;
 const FINAL_STATES = new Set(['completed', 'failed', 'cancelled']);
 /** query-migrate polls while migrating: a fallback for a MIGRATION event that never comes. */
 const POLL_MS = 250;
@@ -90,8 +90,9 @@ export class QemuSourceVm implements SourceVm {
     return this.guest.name;
   }
 
+  /** The RAM file's size: what the guest really has (TCG guests get 8 KiB more, TCG_RAM_PAD_KIB). */
   get memoryBytes(): number {
-    return this.guest.memoryMiB * MiB;
+    return this.ram.pageCount * PAGE_SIZE;
   }
 
   /** Close the RAM file (the guest is not touched). */
@@ -132,11 +133,19 @@ export class QemuSourceVm implements SourceVm {
     const onQmpClose = (): void => failWith(new VmsError(ErrorCode.QEMU, `QMP connection of source ${g.name} closed during migration (QEMU exited?)`));
 
     let stopEvent: QmpEvent | undefined;
+    let finalAt = Number.NaN;
+    let bytesAtStop = Number.NaN;
     let finalStatus: ((s: string) => void) | undefined;
     const final = new Promise<string>((resolve) => (finalStatus = resolve));
     const onEvent = (ev: QmpEvent): void => {
-      if (ev.event === 'STOP' && stopEvent === undefined) stopEvent = ev;
-      if (ev.event === 'MIGRATION' && FINAL_STATES.has(String(ev.data['status']))) finalStatus?.(String(ev.data['status']));
+      if (ev.event === 'STOP' && stopEvent === undefined) {
+        stopEvent = ev;
+        bytesAtStop = socketBytes;
+      }
+      if (ev.event === 'MIGRATION' && FINAL_STATES.has(String(ev.data['status']))) {
+        finalAt = ev.timeMs;
+        finalStatus?.(String(ev.data['status']));
+      }
     };
 
     const server: Server = createServer();
@@ -200,7 +209,11 @@ export class QemuSourceVm implements SourceVm {
         Promise.race([accepted, final.then((s) => Promise.reject(new VmsError(ErrorCode.QEMU, `migration of ${g.name} ended ${s} before QEMU connected to ${sockPath}`)))]),
       );
       server.close();
-      const eof = pipeWithBackpressure(sock, out, g.name, (n) => (socketBytes += n), failWith);
+      let lastDataAt = 0;
+      const eof = pipeWithBackpressure(sock, out, g.name, (n) => {
+        socketBytes += n;
+        lastDataAt = epochNowMs();
+      }, failWith);
 
       const status = await race(final);
       if (status !== 'completed') {
@@ -225,7 +238,7 @@ export class QemuSourceVm implements SourceVm {
         stopEvent = g.qmp.recentEvents.findLast((e) => e.event === 'STOP');
       }
       log?.debug(
-        { socketBytes, rounds: num(ram['dirty-sync-count']), stopAt: stopEvent?.timeMs, eofAfterStopMs: eofAt - (stopEvent?.timeMs ?? NaN), endedAfterStopMs: endedAt - (stopEvent?.timeMs ?? NaN) },
+        { socketBytes, rounds: num(ram['dirty-sync-count']), stopAt: stopEvent?.timeMs, bytesAfterStop: socketBytes - bytesAtStop, completedEventAfterStopMs: finalAt - (stopEvent?.timeMs ?? NaN), lastDataAfterStopMs: lastDataAt - (stopEvent?.timeMs ?? NaN), eofAfterStopMs: eofAt - (stopEvent?.timeMs ?? NaN), endedAfterStopMs: endedAt - (stopEvent?.timeMs ?? NaN) },
         'source QEMU completed',
       );
       return { rounds: num(ram['dirty-sync-count']), forced: false, stoppedAtEpochMs: stopEvent?.timeMs ?? Number.NaN };

@@ -130,6 +130,8 @@ export interface QemuGuestCheck {
   /** Paused targets: target RAM file == stopped source RAM file. */
   ramIdentical?: boolean;
   ramDetail?: string;
+  /** A failed running target: the first lines its console printed after the switch-over. */
+  targetConsole?: string;
   sourceStatus: string;
   targetStatus?: string;
   /** Source STOP -> target RESUME (QMP timestamps), ms. */
@@ -275,6 +277,9 @@ async function checkArrived(
   }
   const ticksContinue = nextTick !== undefined && lastSourceTick !== undefined && nextTick.n > lastSourceTick.n;
   const md5Match = nextTick !== undefined && lastSourceTick !== undefined && nextTick.md5 === lastSourceTick.md5;
+  const ok = ticksContinue && md5Match && sourceStatus === 'postmigrate' && targetStatus === 'running';
+  // What the guest said on the target tells a reboot (panic, triple fault) from a wrong tick.
+  const targetConsole = ok ? undefined : (await arrived.serial().catch(() => '')).split('\n').slice(0, 40).join('\n');
   return {
     ...base,
     nextTick,
@@ -282,7 +287,8 @@ async function checkArrived(
     ticksContinue,
     md5Match,
     targetStatus,
-    ok: ticksContinue && md5Match && sourceStatus === 'postmigrate' && targetStatus === 'running',
+    ...(targetConsole ? { targetConsole } : {}),
+    ok,
   };
 }
 

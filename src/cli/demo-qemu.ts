@@ -71,7 +71,10 @@ export async function demoQemuCommand(flags: DemoQemuFlags): Promise<QemuDemoRes
     );
   } else {
     process.stdout.write(formatSummary(result.report));
-    for (const c of result.checks) process.stdout.write(`${c.vm} on ${c.target}: ${c.ok ? 'ok' : 'NOT OK'}, ${describeCheck(c)}\n`);
+    for (const c of result.checks) {
+      process.stdout.write(`${c.vm} on ${c.target}: ${c.ok ? 'ok' : 'NOT OK'}, ${describeCheck(c)}\n`);
+      if (c.targetConsole) process.stdout.write(`  console of ${c.vm} on ${c.target} after the switch-over:\n${c.targetConsole.replace(/^/gm, '    ')}\n`);
+    }
     process.stdout.write(result.ok ? `all ${result.checks.length} guests run on their targets with their RAM intact\n` : 'FAILED: see above\n');
   }
   if (!result.ok) process.exitCode = 1;

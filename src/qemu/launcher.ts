@@ -551,6 +551,21 @@ export class QemuGuest {
   }
 }
 
+/**
+ * QEMU before 9.0 loses guest writes during a TCG migration: the aligned fast path of its dirty
+ * bitmap sync (cpu_physical_memory_sync_dirty_bitmap) clears the migration's dirty bits without
+ * resetting the vCPUs' TLB write entries, so later stores through those entries are never marked
+ * dirty and the stream carries stale pages. Seen here with QEMU 7.2: after a verified-identical
+ * stream, target RAM differed from the stopped source in 9-12 pages (idle-task stack, per-CPU
+ * data) and the guest oopsed or rebooted, in about 1 of 12 migrations under load, direct QEMU to
+ * QEMU as well as through vmscatter. Fixed upstream in QEMU 9.0 ("physmem: Fix migration dirty
+ * bitmap coherency with TCG memory access"). A RAM block whose size is not a multiple of 64 pages
+ * takes the slow path, which does reset the TLB entries: TCG guests launched here get two pages
+ * (8 KiB: QEMU rounds -m up to 8 KiB) more than asked. KVM guests are not affected (KVM keeps its
+ * own dirty log).
+ */
+export const TCG_RAM_PAD_KIB = 8;
+
 /** The QEMU command line for these options (without the binary). */
 export function qemuArgs(
   opts: LaunchOptions,
@@ -559,21 +574,22 @@ export function qemuArgs(
   const kernel = opts.kernel ?? opts.image?.kernel;
   const initrd = opts.initrd ?? opts.image?.initrd;
   if (kernel === undefined) throw new VmsError(ErrorCode.CONFIG, 'launchGuest needs a kernel: pass image (from buildGuest()) or kernel');
-  const mem = opts.memoryMiB ?? QEMU_DEFAULTS.memoryMiB;
+  const accel = opts.accel ?? QEMU_DEFAULTS.accel;
+  const memKiB = (opts.memoryMiB ?? QEMU_DEFAULTS.memoryMiB) * 1024 + (accel === 'tcg' ? TCG_RAM_PAD_KIB : 0);
   const machine = opts.machine ?? QEMU_DEFAULTS.machine;
   const args: string[] = [];
   if (files.ramPath !== undefined) {
     const prealloc = opts.preallocRam === true ? ',prealloc=on' : '';
-    args.push('-object', `memory-backend-file,id=pc.ram,size=${mem}M,mem-path=${files.ramPath},share=on${prealloc}`);
+    args.push('-object', `memory-backend-file,id=pc.ram,size=${memKiB}K,mem-path=${files.ramPath},share=on${prealloc}`);
     args.push('-machine', `${machine},memory-backend=pc.ram`);
   } else {
     args.push('-machine', machine);
   }
   args.push(
-    '-accel', opts.accel ?? QEMU_DEFAULTS.accel,
+    '-accel', accel,
     '-cpu', opts.cpu ?? QEMU_DEFAULTS.cpu,
     '-smp', String(opts.smp ?? QEMU_DEFAULTS.smp),
-    '-m', String(mem),
+    '-m', `${memKiB}K`,
     '-nodefaults',
     '-display', 'none',
     '-no-user-config',

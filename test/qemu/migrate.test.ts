@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ErrorCode, VmsError } from '../../src/errors.js';
 import { buildGuest, DEFAULT_WORKLOAD, parseTicks, READY_RE, SHARED_LINE, TICK_RE, workloadAppend, type GuestImage } from '../../src/qemu/guest-builder.js';
-import { killAllGuests, launchGuest, QEMU_DEFAULTS, type QemuGuest } from '../../src/qemu/launcher.js';
+import { killAllGuests, launchGuest, QEMU_DEFAULTS, TCG_RAM_PAD_KIB, type QemuGuest } from '../../src/qemu/launcher.js';
 import { QmpCommandError } from '../../src/qemu/qmp.js';
 import { qemuTestEnv, requireQemu } from './qemu-env.js';
 import { captureRealStream } from './real-stream.js';
@@ -82,7 +82,7 @@ describe.skipIf(!run).sequential('QEMU guest and live migration', () => {
     // identical pages of SHARED_LINE, the unique region does not repeat.
     expect(source.ramPath).toMatch(/^\/dev\/shm\//);
     const ram = await readFile(source.ramPath!);
-    expect(ram.length).toBe(MEM * MiB);
+    expect(ram.length).toBe(MEM * MiB + TCG_RAM_PAD_KIB * 1024);
     const sharedPage = Buffer.from(`${SHARED_LINE}\n`.repeat(64));
     let shared = 0;
     let zero = 0;

@@ -11,7 +11,7 @@ import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { buildGuest, parseTicks, TICK_RE, workloadAppend, type GuestImage } from '../../src/qemu/guest-builder.js';
-import { captureMigration, checkQemu, launchGuest, type MigrationStats, type QemuGuest } from '../../src/qemu/launcher.js';
+import { captureMigration, checkQemu, launchGuest, TCG_RAM_PAD_KIB, type MigrationStats, type QemuGuest } from '../../src/qemu/launcher.js';
 
 export interface RealStreamInfo {
   /** How to start a guest that can load this stream. */
@@ -42,7 +42,7 @@ export function streamDir(): string {
 
 function keyOf(image: GuestImage, memoryMiB: number, qemuVersion: string, append: string): string {
   const appendTag = Buffer.from(append).toString('base64url').slice(-12);
-  return `${image.key}-m${memoryMiB}-q${qemuVersion}-${appendTag}`.replace(/[^A-Za-z0-9._+-]/g, '_');
+  return `${image.key}-m${memoryMiB}+${TCG_RAM_PAD_KIB}k-q${qemuVersion}-${appendTag}`.replace(/[^A-Za-z0-9._+-]/g, '_');
 }
 
 async function writeAtomically(path: string, data: Buffer | string): Promise<void> {

@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ErrorCode, StreamError, VmsError } from '../../src/errors.js';
-import { killAllGuests, launchGuest, sendStreamToIncoming } from '../../src/qemu/launcher.js';
+import { killAllGuests, launchGuest, sendStreamToIncoming, TCG_RAM_PAD_KIB } from '../../src/qemu/launcher.js';
 import { SectionType, StreamParser, StreamWriter, type RamBlockInfo, type StreamHandler } from '../../src/wire/qemu-stream.js';
 import { qemuTestEnv, requireQemu } from './qemu-env.js';
 import { realStreamFixture, type RealStream } from './real-stream.js';
@@ -157,7 +157,7 @@ describe.skipIf(!run).sequential('QEMU 7.2 stream through StreamParser / StreamW
     expect(c.footers).toBe(c.eos);
     expect(c.tailFirstByte).toBe(SectionType.FULL);
     expect(c.blocks[0]?.name).toBe('pc.ram');
-    expect(c.blocks[0]?.usedLength).toBe(fx.launch.memoryMiB * 1024 * 1024);
+    expect(c.blocks[0]?.usedLength).toBe(fx.launch.memoryMiB * 1024 * 1024 + TCG_RAM_PAD_KIB * 1024);
   });
 
   it('gives the same result whatever the chunk boundaries', () => {
