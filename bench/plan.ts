@@ -4,10 +4,15 @@
  * id order, the MinHash sketch's effect on the objective, and the scale case (1,000 VMs x 64
  * targets x 16 M pages) in a child process so that its RSS is its own.
  *
- * Fleets are synthetic with clustered sharing (src/plan/fleet.ts). The headline profile is
- * 'measured' (follows the real guests of notes/qemu.md); 'clustered' (tenants sharing an
- * application stack) is reported next to it, labelled. Traffic is VMScatter's: bytes on the
- * sender's link plus bytes on every target's link (src/plan/objective.ts).
+ * Fleets are synthetic with clustered sharing (src/plan/fleet.ts), in families (FAMILIES below).
+ * The headline family, and the one `vsGreedy` refers to, is 'measured': guests like the real ones
+ * of notes/qemu.md onto targets with 15% more room than the VMs need. The other families are
+ * labelled scenarios, each testing one reason VMScatter's greedy could fall behind; they are
+ * reported next to it, never instead of it. Traffic is VMScatter's: bytes on the sender's link plus
+ * bytes on every target's link (src/plan/objective.ts). With multicast the sender's part is the
+ * fleet's distinct contents whatever the placement, and so is each target's share of contents
+ * only one VM holds: `floorVsGreedy` (every shared content on one target only, over greedy's
+ * traffic) is the best ratio any placement could reach on a family.
  */
 import { fork } from 'node:child_process';
 import { availableParallelism, cpus, loadavg, totalmem } from 'node:os';
@@ -70,7 +75,66 @@ function smallCases(count: number): SmallCase[] {
   return out;
 }
 
+/**
+ * Fleet families of the comparison with VMScatter's greedy: what each is and why it is realistic.
+ * Every family runs on the same shapes and seeds; `spec` overrides the generator's defaults.
+ */
+interface FleetFamily {
+  name: string;
+  what: string;
+  why: string;
+  spec: (shape: { vms: number; targets: number }) => Partial<ClusteredFleetSpec>;
+}
+
+export const FAMILIES: readonly FleetFamily[] = [
+  {
+    name: 'measured',
+    what: "headline: profile 'measured' (notes/qemu.md guests), OS images and tenants, targets with 15% spare room",
+    why: 'what the project measured on real guests; never tuned',
+    spec: () => ({ profile: 'measured' }),
+  },
+  {
+    name: 'clustered',
+    what: "profile 'clustered': tenants also share an application stack (a third of their pages)",
+    why: 'the setting VMScatter targets: tenants running the same software',
+    spec: () => ({ profile: 'clustered' }),
+  },
+  {
+    name: 'roomy',
+    what: "profile 'measured' onto targets with twice the room the VMs need (capacitySlack 1)",
+    why: 'evacuation into a fresh rack or a cluster at half utilisation; greedy fills each target to the brim',
+    spec: () => ({ profile: 'measured', capacitySlack: 1 }),
+  },
+  {
+    name: 'cloned',
+    what: "profile 'cloned': VMs cloned from their tenant's golden image (82% of contents from shared pools), 30% spare room",
+    why: 'VDI linked clones, CI runners, microVMs restored from one snapshot; two bare same-OS guests already share 68% (notes/qemu.md)',
+    spec: () => ({ profile: 'cloned', capacitySlack: 0.3 }),
+  },
+  {
+    name: 'cloned-uneven',
+    what: "profile 'cloned', target capacities spread +-80% (capacitySpread 0.8), 30% spare room",
+    why: 'targets of mixed host sizes or with different free room',
+    spec: () => ({ profile: 'cloned', capacitySlack: 0.3, capacitySpread: 0.8 }),
+  },
+  {
+    name: 'cloned-pools',
+    what: "profile 'cloned' with as many tenants (clone pools) as targets, so a pool is about one host's share, 30% spare room",
+    why: 'VDI pools or CI runner pools sized to fill a host; greedy splits the pool straddling each target it fills',
+    spec: (shape) => ({ profile: 'cloned', tenants: shape.targets, capacitySlack: 0.3 }),
+  },
+  {
+    name: 'small-tenants',
+    what: "profile 'clustered' with one tenant per two VMs (mostly 1-3 VMs each), 30% spare room",
+    why: 'public-cloud hosts: many small customers on a few OS images',
+    spec: (shape) => ({ profile: 'clustered', tenants: Math.round(shape.vms / 2), capacitySlack: 0.3 }),
+  },
+];
+
+const HEADLINE_FAMILY = 'measured';
+
 interface MediumCase {
+  family: string;
   seed: number;
   profile: FleetProfile;
   vms: number;
@@ -88,13 +152,14 @@ interface MediumCase {
   graph: string;
 }
 
-function mediumCase(spec: ClusteredFleetSpec & { pagesPerVm: number }): MediumCase {
+function mediumCase(family: string, spec: ClusteredFleetSpec & { pagesPerVm: number }): MediumCase {
   const f = generateClusteredFleet(spec);
   const { plan, stats } = makePlanWithStats(f.vms, f.targets, {}, { seed: spec.seed ?? 1 });
   const p = stats.problem;
   const pr = plan.predicted;
   const pages = (b: number | undefined) => (b ?? NaN) / 4096;
   return {
+    family,
     seed: spec.seed ?? 1,
     profile: spec.profile ?? 'measured',
     vms: spec.vms,
@@ -236,10 +301,10 @@ export async function runPlanBench(opts: { quick: boolean; json: boolean }): Pro
       ];
   const medium: MediumCase[] = [];
   for (const shape of shapes)
-    for (const profile of ['measured', 'clustered'] as const)
-      for (const seed of seeds) medium.push(mediumCase({ seed, profile, ...shape }));
-  const agg = (profile: FleetProfile) => {
-    const m = medium.filter((c) => c.profile === profile);
+    for (const fam of FAMILIES)
+      for (const seed of seeds) medium.push(mediumCase(fam.name, { seed, ...shape, ...fam.spec(shape) }));
+  const agg = (family: string) => {
+    const m = medium.filter((c) => c.family === family);
     const sum = (f: (c: MediumCase) => number) => m.reduce((a, c) => a + f(c), 0);
     return {
       fleets: m.length,
@@ -250,24 +315,39 @@ export async function runPlanBench(opts: { quick: boolean; json: boolean }): Pro
       excessVsGreedy: r4(sum((c) => c.plannerTraffic - c.floorTraffic) / sum((c) => c.greedyTraffic - c.floorTraffic)),
       /** Share of greedy's traffic that any placement could still save at most. */
       greedyHeadroom: r4(1 - sum((c) => c.floorTraffic) / sum((c) => c.greedyTraffic)),
+      /** The best traffic ratio vs greedy any placement could reach (a bound, usually not reachable). */
+      floorVsGreedy: r4(sum((c) => c.floorTraffic) / sum((c) => c.greedyTraffic)),
       trafficVsNaive: r4(sum((c) => c.plannerTraffic) / sum((c) => c.naiveTraffic)),
       joinLeaveVsUnordered: r4(sum((c) => c.joinsLeaves) / sum((c) => c.unorderedJoinsLeaves)),
       meanSeconds: r2(sum((c) => c.seconds) / m.length),
     };
   };
-  const measured = agg('measured');
-  const clustered = agg('clustered');
+  const families = Object.fromEntries(FAMILIES.map((f) => [f.name, { what: f.what, why: f.why, ...agg(f.name) }]));
+  const measured = families[HEADLINE_FAMILY]!;
+  const clustered = families.clustered!;
   log(
-    `vs VMScatter greedy, profile 'measured' (${measured.fleets} fleets): traffic ${measured.trafficVsGreedy}x ` +
-      `(placement-dependent part ${measured.excessVsGreedy}x; at most ${(measured.greedyHeadroom * 100).toFixed(1)}% of greedy's traffic is placement-dependent), ` +
-      `vs plain migration ${measured.trafficVsNaive}x`,
+    `vs VMScatter greedy (same fleets, same run; ${shapes.map((x) => `${x.vms} VMs x ${x.targets} targets`).join(', ')}; seeds ${seeds.join(',')}). ` +
+      `'floor' = every shared content on one target only, the best ratio any placement could reach:`,
   );
+  const pad = (x: string | number, n: number) => String(x).padEnd(n);
+  log(`  ${pad('family', 14)} ${pad('fleets', 6)} ${pad('vsGreedy', 8)} ${pad('worst', 6)} ${pad('best', 6)} ${pad('excess', 6)} ${pad('floor', 6)} ${pad('vsNaive', 7)} what`);
+  for (const f of FAMILIES) {
+    const a = families[f.name]!;
+    log(
+      `  ${pad(f.name, 14)} ${pad(a.fleets, 6)} ${pad(a.trafficVsGreedy.toFixed(4), 8)} ${pad(a.worstFleetVsGreedy.toFixed(3), 6)} ${pad(a.bestFleetVsGreedy.toFixed(3), 6)} ` +
+        `${pad(a.excessVsGreedy.toFixed(3), 6)} ${pad(a.floorVsGreedy.toFixed(3), 6)} ${pad(a.trafficVsNaive.toFixed(3), 7)} ${f.name === HEADLINE_FAMILY ? '[headline, vsGreedy] ' : ''}${f.what}`,
+    );
+  }
+  const best = FAMILIES.map((f) => ({ name: f.name, ...families[f.name]! })).sort((x, y) => x.trafficVsGreedy - y.trafficVsGreedy)[0]!;
   log(
-    `vs VMScatter greedy, profile 'clustered' (labelled; tenants share an application stack, ${clustered.fleets} fleets): traffic ${clustered.trafficVsGreedy}x ` +
-      `(placement-dependent part ${clustered.excessVsGreedy}x; headroom ${(clustered.greedyHeadroom * 100).toFixed(1)}%), vs plain migration ${clustered.trafficVsNaive}x`,
+    `  goal <= 0.90x: headline '${HEADLINE_FAMILY}' ${measured.trafficVsGreedy}x (floor ${measured.floorVsGreedy}x); ` +
+      `best family '${best.name}' ${best.trafficVsGreedy}x (floor ${best.floorVsGreedy}x)`,
   );
-  const jl = r4(medium.reduce((a, c) => a + c.joinsLeaves, 0) / medium.reduce((a, c) => a + c.unorderedJoinsLeaves, 0));
-  log(`joins + leaves, ordered schedule vs groups in id order (same channel rule, 4 channels): ${jl}x`);
+  // Over the 'measured' and 'clustered' fleets, as before there were more families; all of them too.
+  const jlOf = (m: MediumCase[]) => r4(m.reduce((a, c) => a + c.joinsLeaves, 0) / m.reduce((a, c) => a + c.unorderedJoinsLeaves, 0));
+  const jl = jlOf(medium.filter((c) => c.family === 'measured' || c.family === 'clustered'));
+  const jlAll = jlOf(medium);
+  log(`joins + leaves, ordered schedule vs groups in id order (same channel rule, 4 channels): ${jl}x ('measured' and 'clustered' fleets), ${jlAll}x (all families)`);
 
   // 3. MinHash sketch against the exact graph: effect on the objective.
   const sk = sketchError({ seed: 21, vms: opts.quick ? 150 : 300, targets: opts.quick ? 12 : 24, pagesPerVm: 4096 });
@@ -281,9 +361,10 @@ export async function runPlanBench(opts: { quick: boolean; json: boolean }): Pro
     ? { seed: 1, vms: 250, targets: 16, pagesPerVm: 16384 }
     : { seed: 1, vms: 1000, targets: 64, pagesPerVm: 16384 };
   const scale = await scaleInChild(scaleSpec, !opts.quick);
+  const scaleLoad = loadavg().map((x) => r2(x));
   log(
     `scale${opts.quick ? ' (quick preset: reduced case)' : ''}: ${scale.spec.vms} VMs x ${scale.spec.targets} targets x ${(scale.contentEntries / 1e6).toFixed(1)} M pages ` +
-      `(${(scale.distinctContents / 1e6).toFixed(1)} M distinct): planned in ${scale.planSeconds} s (${scale.planCpuSeconds} s of CPU; load average ${loadavg()[0]!.toFixed(1)}), RSS ${scale.rssMiB} MiB, graph ${scale.graph}; ` +
+      `(${(scale.distinctContents / 1e6).toFixed(1)} M distinct): planned in ${scale.planSeconds} s (${scale.planCpuSeconds} s of CPU; load average ${scaleLoad[0]!.toFixed(1)} on ${availableParallelism()} CPUs), RSS ${scale.rssMiB} MiB, graph ${scale.graph}; ` +
       `traffic vs greedy ${scale.trafficVsGreedy}x, vs plain migration ${scale.trafficVsNaive}x; phases ${JSON.stringify(scale.phases)}` +
       (scale.sketchObjectiveError !== null ? `; MinHash graph vs exact graph at this scale: ${(scale.sketchObjectiveError * 100).toFixed(2)}% traffic` : ''),
   );
@@ -294,17 +375,23 @@ export async function runPlanBench(opts: { quick: boolean; json: boolean }): Pro
     vsOptimum,
     vsOptimumMean,
     vsGreedy: measured.trafficVsGreedy,
+    vsGreedyFamily: HEADLINE_FAMILY,
+    vsGreedyByFamily: Object.fromEntries(FAMILIES.map((f) => [f.name, families[f.name]!.trafficVsGreedy])),
+    floorVsGreedyByFamily: Object.fromEntries(FAMILIES.map((f) => [f.name, families[f.name]!.floorVsGreedy])),
     vsGreedyClustered: clustered.trafficVsGreedy,
     excessVsGreedy: measured.excessVsGreedy,
     excessVsGreedyClustered: clustered.excessVsGreedy,
     joinLeaveVsUnordered: jl,
+    joinLeaveVsUnorderedAllFamilies: jlAll,
     scaleSeconds: scale.planSeconds,
     scaleCpuSeconds: scale.planCpuSeconds,
+    /** 1, 5 and 15 minute load averages right after the scale case (wall time grows with load). */
+    scaleLoadAverage: scaleLoad,
     loadAverage: loadavg().map((x) => r2(x)),
     scaleRssMiB: scale.rssMiB,
     scaleCase: { vms: scale.spec.vms, targets: scale.spec.targets, pages: scale.contentEntries, reduced: opts.quick },
     sketchObjectiveError: scale.sketchObjectiveError ?? sk.error,
-    goals: { vsOptimum: '<= 1.02', vsGreedy: '<= 0.90', scaleSeconds: '<= 20 (full preset)', scaleRssMiB: '<= 4096' },
+    goals: { vsOptimum: '<= 1.02', vsGreedy: `<= 0.90 (family '${HEADLINE_FAMILY}')`, scaleSeconds: '<= 20 (full preset)', scaleRssMiB: '<= 4096' },
     small: {
       fleets: small.length,
       optimalCases,
@@ -313,6 +400,7 @@ export async function runPlanBench(opts: { quick: boolean; json: boolean }): Pro
     },
     measured,
     clustered,
+    families,
     medium,
     sketch: sk,
     scale,

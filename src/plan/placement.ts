@@ -6,15 +6,18 @@
  *  1. builds the sharing graph and finds communities with Louvain: coarse ones on the whole graph
  *     (typically an OS image) and fine ones by Louvain again inside each coarse community
  *     (typically a tenant's VMs);
- *  2. builds two starting placements: the communities packed onto targets (ordered by community,
- *     filling the roomiest target first, not topping targets up with strangers), and VMScatter's
- *     greedy (greedy.ts);
+ *  2. builds three starting placements: the communities packed onto targets (ordered by community,
+ *     filling the roomiest target first, not topping targets up with strangers); whole fine
+ *     communities each onto the target where it adds least among those with room for all of it
+ *     (where targets have room to spare, this keeps tenants and clone pools whole, which any fill
+ *     to the brim does not); and VMScatter's greedy (greedy.ts);
  *  3. improves each by local search scored on the exact objective, with per-class per-target VM
  *     counts and target bitmasks so that a move is scored from the moving VMs' classes only:
  *     moves of single VMs, moves of a community's part on one target, and swaps of two VMs
  *     between targets without room for a plain move;
  *  4. from the better result: on small problems ruin-and-recreate and full perturbation rounds;
- *     on all, iterated local search whose rounds kick a few VMs or community parts and descend
+ *     on all, iterated local search whose rounds kick a few VMs or community parts, or gather a
+ *     split community onto one target (sending strangers elsewhere to make room), and descend
  *     only on the targets involved, undoing exactly what moved when the round lost;
  *  5. balances load with moves that leave traffic unchanged.
  * Work is bounded by deterministic budgets counted in class entries touched (no clocks), so a
@@ -147,6 +150,7 @@ class Search {
    * that lowers the cost and the target can take them all. Returns true when they moved.
    */
   relocate(set: ArrayLike<number>, n: number): boolean {
+    if (n === 1) return this.relocateOne(set[0]!);
     const { p, s, T, add } = this;
     const a = s.target[set[0]!]!;
     let mem = 0;
@@ -166,6 +170,61 @@ class Search {
     }
     for (let i = 0; i < n; i++) s.place(set[i]!, best);
     return best !== a;
+  }
+
+  /**
+   * relocate() of one VM without taking it off its target first: most VMs stay, and for them
+   * the unplace and place were pure cost. The add costs on other targets do not depend on v's own
+   * presence; on its own target v adds the classes only it holds there. The work counter moves as
+   * relocate() moved it, so budgets, and with them plans, stay what they were.
+   */
+  relocateOne(v: number): boolean {
+    const { p, s, T, add } = this;
+    const a = s.target[v]!;
+    const len = this.addCostsInPlace(v);
+    const mem = p.memory[v]!;
+    let best = a;
+    for (let t = 0; t < T; t++) {
+      if (t === a || add[t]! >= add[best]!) continue;
+      if (s.memLoad[t]! + mem > p.capacity[t]! || s.vmLoad[t]! + 1 > p.maxVms[t]!) continue;
+      if (s.antiOk(v, t)) best = t;
+    }
+    if (best === a) return false;
+    s.ops -= 2 * len;
+    s.unplace(v);
+    s.place(v, best);
+    return true;
+  }
+
+  /**
+   * Into this.add, the cost of placed VM v on every target as if it were not placed (on its own
+   * target: the classes only it holds there), without taking it off: what `unplace(v);
+   * addCostsOf(v); place(v, a)` gives, at a third of the memory traffic. The work counter moves as
+   * those three calls would have moved it (so budgets, and with them plans, are unchanged).
+   * Returns v's class count.
+   */
+  addCostsInPlace(v: number): number {
+    const { p, s, T, add } = this;
+    const { vmOff, vmClasses, classWeight } = p;
+    const a = s.target[v]!;
+    const start = vmOff[v]!;
+    const end = vmOff[v + 1]!;
+    s.addCostsOf(v, add);
+    const cnt = s.cnt;
+    let own = 0;
+    let ownClasses = 0;
+    for (let k = start; k < end; k++) {
+      const c = vmClasses[k]!;
+      if (cnt[c * T + a] === 1) {
+        own += classWeight[c]!;
+        ownClasses++;
+      }
+    }
+    add[a] = own;
+    // addCosts met bit a once more for each class only v holds on a than it would have with v
+    // off a; unplace and place would each have counted v's classes.
+    s.ops += 2 * (end - start) - ownClasses;
+    return end - start;
   }
 
   movePass(): boolean {
@@ -210,9 +269,7 @@ class Search {
     for (const v of this.shuffled()) {
       if (this.exhausted) break;
       const a = s.target[v]!;
-      s.unplace(v);
-      s.addCostsOf(v, add);
-      s.place(v, a);
+      this.addCostsInPlace(v);
       cands.length = 0;
       for (let b = 0; b < T; b++) if (b !== a && add[b]! < add[a]!) cands.push({ b, d: add[b]! - add[a]! });
       cands.sort((x, y) => x.d - y.d || x.b - y.b);
@@ -306,9 +363,7 @@ class Search {
       const v0 = movables[Math.floor(this.rng() * movables.length)]!;
       const a = s.target[v0]!;
       // The target sharing most with v0, and sometimes a random third.
-      s.unplace(v0);
-      s.addCostsOf(v0, add);
-      s.place(v0, a);
+      this.addCostsInPlace(v0);
       let b = -1;
       for (let t = 0; t < T; t++) if (t !== a && on[t]!.length > 0 && (b < 0 || add[t]! < add[b]! || (add[t] === add[b] && this.rng() < 0.5))) b = t;
       if (b < 0) b = (a + 1 + Math.floor(this.rng() * (T - 1))) % T;
@@ -414,9 +469,7 @@ class Search {
   swapOne(v: number): number {
     const { p, s, T, add } = this;
     const a = s.target[v]!;
-    s.unplace(v);
-    s.addCostsOf(v, add);
-    s.place(v, a);
+    this.addCostsInPlace(v);
     let b = -1;
     for (let t = 0; t < T; t++) if (t !== a && add[t]! < add[a]! && (b < 0 || add[t]! < add[b]!)) b = t;
     if (b < 0) return -1;
@@ -464,10 +517,24 @@ class Search {
     for (let v = 0; v < p.vmCount; v++) if (this.movable[v]) movables.push(v);
     if (movables.length === 0 || T < 2) return;
     const snap = new Int32Array(p.vmCount);
+    // Communities small enough to sit on one target, for gather kicks; each VM's first block.
+    let maxCap = 0;
+    for (let t = 0; t < T; t++) maxCap = Math.max(maxCap, p.capacity[t]!);
+    const gatherable = blocks.filter((b) => b.reduce((m, v) => m + p.memory[v]!, 0) <= maxCap);
+    const blockOf = new Int32Array(p.vmCount).fill(-1);
+    blocks.forEach((b, i) => {
+      for (const v of b) if (blockOf[v]! < 0) blockOf[v] = i;
+    });
     for (let r = 0; r < rounds && !this.exhausted; r++) {
       snap.set(s.target);
       const c0 = s.cost;
       const touched = new Set<number>();
+      if (gatherable.length > 0 && this.rng() < 0.3) {
+        this.gather(gatherable[Math.floor(this.rng() * gatherable.length)]!, blockOf, touched);
+        if (touched.size > 0) this.focusedDescent(touched);
+        if (s.cost > c0) this.restore(snap);
+        continue;
+      }
       const kicks = 1 + Math.floor(this.rng() * 3);
       for (let k = 0; k < kicks; k++) {
         let set: number[];
@@ -497,14 +564,94 @@ class Search {
       }
       if (touched.size === 0) continue;
       this.focusedDescent(touched);
-      if (s.cost > c0) {
-        // Undo: everything that differs from the snapshot goes back.
-        const moved: number[] = [];
-        for (let v = 0; v < p.vmCount; v++) if (s.target[v] !== snap[v]) moved.push(v);
-        for (const v of moved) s.unplace(v);
-        for (const v of moved) s.place(v, snap[v]!);
+      if (s.cost > c0) this.restore(snap);
+    }
+  }
+
+  /** Undo: every VM whose target differs from the snapshot goes back. */
+  restore(snap: Int32Array): void {
+    const { p, s } = this;
+    const moved: number[] = [];
+    for (let v = 0; v < p.vmCount; v++) if (s.target[v] !== snap[v]) moved.push(v);
+    for (const v of moved) s.unplace(v);
+    for (const v of moved) s.place(v, snap[v]!);
+  }
+
+  /**
+   * Kick of the iterated search: gather a community split over several targets onto the target
+   * holding most of it, making room there by sending other VMs (those of the communities with the
+   * smallest part on it first) where they add least. Moves nothing if it cannot make room.
+   */
+  gather(block: Int32Array, blockOf: Int32Array, touched: Set<number>): void {
+    const { p, s, T, add } = this;
+    const part = new Map<number, number>();
+    for (const v of block) if (this.movable[v]) part.set(s.target[v]!, (part.get(s.target[v]!) ?? 0) + p.memory[v]!);
+    if (part.size < 2) return;
+    let b = -1;
+    for (const [t, m] of part) if (b < 0 || m > part.get(b)! || (m === part.get(b) && t < b)) b = t;
+    const inBlock = new Set<number>(block);
+    const movers: number[] = [];
+    let need = 0;
+    for (const v of block)
+      if (this.movable[v] && s.target[v] !== b) {
+        movers.push(v);
+        need += p.memory[v]!;
+      }
+    // Strangers on b, those of the communities least present there first, larger VMs first.
+    const strangers: number[] = [];
+    const onB = new Map<number, number>();
+    for (let v = 0; v < p.vmCount; v++) {
+      if (s.target[v] !== b || inBlock.has(v) || !this.movable[v]) continue;
+      strangers.push(v);
+      onB.set(blockOf[v]!, (onB.get(blockOf[v]!) ?? 0) + p.memory[v]!);
+    }
+    strangers.sort((x, y) => onB.get(blockOf[x]!)! - onB.get(blockOf[y]!)! || p.memory[y]! - p.memory[x]! || x - y);
+    const evicted: number[] = [];
+    let freeMem = p.capacity[b]! - s.memLoad[b]!;
+    let freeSlots = p.maxVms[b]! - s.vmLoad[b]!;
+    for (const u of strangers) {
+      if (freeMem >= need && freeSlots >= movers.length) break;
+      evicted.push(u);
+      freeMem += p.memory[u]!;
+      freeSlots++;
+    }
+    if (freeMem < need || freeSlots < movers.length) return;
+    const from = new Map<number, number>();
+    for (const v of movers) from.set(v, s.target[v]!);
+    for (const u of evicted) from.set(u, b);
+    for (const u of evicted) s.unplace(u);
+    for (const v of movers) s.unplace(v);
+    let ok = true;
+    for (const v of movers) {
+      if (!s.fits(v, b)) {
+        ok = false;
+        break;
+      }
+      s.place(v, b);
+    }
+    evicted.sort((x, y) => p.memory[y]! - p.memory[x]! || x - y);
+    for (let i = 0; i < evicted.length && ok; i++) {
+      const u = evicted[i]!;
+      s.addCostsOf(u, add);
+      let best = -1;
+      for (let t = 0; t < T; t++) {
+        if (t === b || !s.fits(u, t)) continue;
+        if (best < 0 || add[t]! < add[best]! || (add[t] === add[best] && p.capacity[t]! - s.memLoad[t]! > p.capacity[best]! - s.memLoad[best]!)) best = t;
+      }
+      if (best < 0) ok = false;
+      else {
+        s.place(u, best);
+        touched.add(best);
       }
     }
+    if (!ok) {
+      for (const v of from.keys()) s.unplace(v);
+      for (const [v, t] of from) s.place(v, t);
+      touched.clear();
+      return;
+    }
+    touched.add(b);
+    for (const t of part.keys()) touched.add(t);
   }
 
   /**
@@ -675,6 +822,76 @@ function communityFill(search: Search, coarse: Int32Array, fine: Int32Array): bo
   return placeLeftovers(search, remaining);
 }
 
+/**
+ * Pack whole communities: fine communities (typically a tenant's VMs), largest first, each onto
+ * the target where it adds least among those with room for all of it, the tightest fit on ties.
+ * Where targets have room to spare this keeps every tenant on one target, which a fill to the brim
+ * (greedy, communityFill) does not: it splits the community that straddles each target's end.
+ * A community that no target can take whole goes VM by VM where each adds least.
+ */
+function blockPacking(search: Search, fine: Int32Array, coarse: Int32Array | null): boolean {
+  const { p, s, T, add } = search;
+  s.reset();
+  for (let v = 0; v < p.vmCount; v++) if (p.pinned[v]! >= 0) s.place(v, p.pinned[v]!);
+  const blocks = groupBy(fine, (v) => p.pinned[v]! < 0);
+  const memOf = (b: Int32Array) => {
+    let m = 0;
+    for (const v of b) m += p.memory[v]!;
+    return m;
+  };
+  const mems = new Map(blocks.map((b) => [b, memOf(b)]));
+  const coarseMem = new Map<number, number>();
+  if (coarse) for (const b of blocks) coarseMem.set(coarse[b[0]!]!, (coarseMem.get(coarse[b[0]!]!) ?? 0) + mems.get(b)!);
+  const cm = (b: Int32Array) => (coarse ? coarseMem.get(coarse[b[0]!]!)! : 0);
+  const cl = (b: Int32Array) => (coarse ? coarse[b[0]!]! : 0);
+  blocks.sort((x, y) => cm(y) - cm(x) || cl(x) - cl(y) || mems.get(y)! - mems.get(x)! || x[0]! - y[0]!);
+  const leftovers: number[] = [];
+  for (const block of blocks) {
+    const mem = mems.get(block)!;
+    const n = block.length;
+    const m = search.unionOf(block, n);
+    s.addCosts(search.union, m, add);
+    let best = -1;
+    let bestFree = 0;
+    for (let t = 0; t < T; t++) {
+      const free = p.capacity[t]! - s.memLoad[t]! - mem;
+      if (free < 0 || s.vmLoad[t]! + n > p.maxVms[t]!) continue;
+      if (best >= 0 && (add[t]! > add[best]! || (add[t] === add[best] && free >= bestFree))) continue;
+      let ok = true;
+      for (let i = 0; i < n && ok; i++) ok = s.antiOk(block[i]!, t);
+      // Anti-affine VMs inside one community cannot go together: they take the VM-by-VM path.
+      for (let i = 0; i < n && ok; i++) for (let j = i + 1; j < n && ok; j++) ok = !antiPair(p, block[i]!, block[j]!);
+      if (!ok) continue;
+      best = t;
+      bestFree = free;
+    }
+    if (best >= 0) {
+      for (const v of block) s.place(v, best);
+      continue;
+    }
+    // Too big for any target's room: into the roomiest targets, as few pieces as it goes.
+    const vs = [...block].sort((x, y) => p.memory[y]! - p.memory[x]! || x - y);
+    const rooms = [...Array(T).keys()].sort((x, y) => p.capacity[y]! - s.memLoad[y]! - (p.capacity[x]! - s.memLoad[x]!) || x - y);
+    for (const t of rooms) {
+      let j = 0;
+      for (const v of vs) {
+        if (s.fits(v, t)) s.place(v, t);
+        else vs[j++] = v;
+      }
+      vs.length = j;
+      if (j === 0) break;
+    }
+    for (const v of vs) leftovers.push(v);
+  }
+  return placeLeftovers(search, leftovers);
+}
+
+function antiPair(p: PlacementProblem, u: number, v: number): boolean {
+  for (let k = p.antiOff[u]!; k < p.antiOff[u + 1]!; k++)
+    for (let q = p.antiOff[v]!; q < p.antiOff[v + 1]!; q++) if (p.antiIdx[k] === p.antiIdx[q]) return true;
+  return false;
+}
+
 /** Place VMs (largest first) where each adds least; roomier target on ties. */
 function placeLeftovers(search: Search, vms: number[]): boolean {
   const { p, s, add } = search;
@@ -806,6 +1023,9 @@ export function placeVms(p: PlacementProblem, vms: readonly FleetVm[], opts: Pla
   if (communityFill(search, coarse, fine)) initials.push({ name: 'communities', a: s.assignment(), cost: s.cost });
   else starts.push({ name: 'communities', initial: null, final: null });
   dbg('community fill');
+  if (blockPacking(search, fine, coarse)) initials.push({ name: 'whole communities', a: s.assignment(), cost: s.cost });
+  else starts.push({ name: 'whole communities', initial: null, final: null });
+  dbg('whole communities');
   if (initials.length === 0) {
     if (feasiblePacking(s, false) || feasiblePacking(s, true)) initials.push({ name: 'packing', a: s.assignment(), cost: s.cost });
     else {

@@ -56,6 +56,29 @@ describe('synthetic clustered fleets', () => {
       }
     expect(same / ns).toBeGreaterThan(5 * (diff / nd));
   });
+  it("profile 'cloned': a tenant's clones share most of their contents; older profiles unchanged by it", () => {
+    const f = generateClusteredFleet({ seed: 2, vms: 30, targets: 3, tenants: 5, pagesPerVm: 2048, profile: 'cloned' });
+    const share = (x: Uint32Array, y: Uint32Array) => {
+      const s = new Set(x);
+      let n = 0;
+      for (const c of y) if (s.has(c)) n++;
+      return n / Math.min(x.length, y.length);
+    };
+    let sum = 0;
+    let n = 0;
+    for (let i = 0; i < 30; i++)
+      for (let j = i + 1; j < 30; j++)
+        if (f.tenantOf[i] === f.tenantOf[j]) {
+          sum += share(f.vms[i]!.contents, f.vms[j]!.contents);
+          n++;
+        }
+    expect(n).toBeGreaterThan(0);
+    expect(sum / n).toBeGreaterThan(0.6);
+    expect(parseFleet({ synthetic: { vms: 6, targets: 2, pagesPerVm: 64, profile: 'cloned' } }).synthetic?.profile).toBe('cloned');
+    // Adding the profile left the other profiles' fleets as they were (first VM of seed 1).
+    const m = generateClusteredFleet({ seed: 1, vms: 10, targets: 2, pagesPerVm: 256 });
+    expect(m.vms[0]!.contents.length).toBe(242);
+  });
   it('the default fleet has 8 VMs and 4 targets', () => {
     const d = defaultFleet();
     expect(d.vms.length).toBe(8);
