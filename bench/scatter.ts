@@ -213,6 +213,8 @@ async function runVmscatter(topo: Topology, link: string, pages: number, expectD
   const complete = r.receivers.every((x) => x.held.length === pages && x.setDigest === expectDigest);
   const s = r.sender.sender;
   const senderTx = delta(before.sender, after.sender).tx;
+  // sender-main adds its CPU time over run() (not in scatter-run's SenderOutput type).
+  const senderCpu = (r.sender as { cpuMs?: { user: number; system: number } }).cpuMs;
   return {
     tool: 'vmscatter',
     link,
@@ -234,7 +236,8 @@ async function runVmscatter(topo: Topology, link: string, pages: number, expectD
     commands: r.commands,
     notes: [
       `rate ceiling ${Math.round(rate / 1e6)} MB/s, final ${Math.round(s.finalRateBytesPerSec / 1e6)} MB/s after ${s.rateBackoffs} backoffs`,
-      `receiver CPU per content MB (user+sys ms): ${r.receivers.map((x) => ((x.cpuMs.user + x.cpuMs.system) / (bytes / 1e6)).toFixed(2)).join(' ')}; event-loop delay max (ms): ${r.receivers.map((x) => Math.round(x.loopDelayMs.max)).join(' ')}`,
+      `receiver CPU per content MB (user+sys ms): ${r.receivers.map((x) => ((x.cpuMs.user + x.cpuMs.system) / (bytes / 1e6)).toFixed(2)).join(' ')}; per datagram (us): ${r.receivers.map((x) => (((x.cpuMs.user + x.cpuMs.system) * 1000) / Math.max(1, x.counters.datagrams)).toFixed(1)).join(' ')}; event-loop delay max (ms): ${r.receivers.map((x) => Math.round(x.loopDelayMs.max)).join(' ')}`,
+      `sender CPU per datagram (user+sys us, kernel delivery to the bridge included): ${senderCpu ? (((senderCpu.user + senderCpu.system) * 1000) / Math.max(1, s.datagrams)).toFixed(1) : '?'}`,
       `receivers' own join/leave count: ${r.receivers.map((x) => `${x.counters.joins}/${x.counters.leaves}`).join(' ')}; sender IGMP check: ${s.igmp.checked ? `${s.igmpSeen} joins seen` : s.igmp.reason}`,
       ...(igmp.note ? [igmp.note] : []),
     ],
@@ -300,7 +303,7 @@ async function runUftp(topo: Topology, link: string, dir: string, src: string, s
     leavesPerReceiver: igmp.leaves,
     counters: { senderTxBytes: senderTx, receiverRxBytes: after.receivers.map((a, i) => delta(before.receivers[i]!, a).rx), programSentBytes: null, programReceivedBytes: null },
     commands,
-    notes: [`uftp's own per-host transfer times (s, data phase only): ${perHost.map((t) => t ?? '?').join(' ')}`, ...(igmp.note ? [igmp.note] : [])],
+    notes: [`uftp's own per-host transfer times (s, data phase only): ${perHost.map((t) => t ?? '?').join(' ')}; process start to exit ${seconds.toFixed(2)} s`, ...(igmp.note ? [igmp.note] : [])],
   };
 }
 

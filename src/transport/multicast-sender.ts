@@ -39,7 +39,8 @@ import {
 } from '../wire/datagram.js';
 import { IgmpMonitor, type IgmpEvent } from './igmp-monitor.js';
 import { layoutOf, type ScatterSession, type SessionGroup } from './scatter-session.js';
-import { udpNetwork, type Peer, type ScatterNetwork, type ScatterSocket } from './scatter-transport.js';
+import { multicastUdpNetwork } from './multicast-udp.js';
+import type { Peer, ScatterNetwork, ScatterSocket } from './scatter-transport.js';
 import { TokenBucket } from './token-bucket.js';
 
 export interface ScatterSenderOptions {
@@ -167,6 +168,8 @@ export interface ScatterResult {
 }
 
 const RING = 4096;
+/** Contents resolved (contentBytes) at a time during a group's first pass. */
+const RESOLVE_CHUNK = 2048;
 const REPAIR_HOLDOFF_MIN_MS = 15;
 
 const enum GState {
@@ -194,7 +197,11 @@ interface GroupTx {
   state: GState;
   members: number[];
   pages: Buffer[];
+  /** Ids of the contents resolved so far that have bytes, in send order (a view of idBuf). */
   sendIds: Uint32Array;
+  idBuf: Uint32Array;
+  /** Contents of g.contents resolved so far (contentBytes called). */
+  resolved: number;
   skipped: number;
   nDatagrams: number;
   nextSeq: number;
@@ -331,7 +338,7 @@ export class ScatterSender {
   /** Bind the control socket on session.sender (port 0 = ephemeral: session.sender.port is updated). */
   static async open(o: ScatterSenderOptions): Promise<ScatterSender> {
     const s = new ScatterSender(o);
-    const net = o.network ?? udpNetwork;
+    const net = o.network ?? multicastUdpNetwork();
     s.sock = await net.open({
       bindAddress: o.session.sender.address,
       port: o.session.sender.port,
@@ -419,6 +426,8 @@ export class ScatterSender {
         members: g.targets.slice(),
         pages: [],
         sendIds: new Uint32Array(0),
+        idBuf: new Uint32Array(0),
+        resolved: 0,
         skipped: 0,
         nDatagrams: 0,
         nextSeq: 0,
@@ -468,24 +477,40 @@ export class ScatterSender {
     }
   }
 
-  /** Resolve the group's pages (once, when it is about to start). */
-  private loadPages(tx: GroupTx): void {
-    const ids: number[] = [];
-    for (const id of tx.g.contents) {
-      const b = this.o.contentBytes(id);
-      if (b === undefined) {
-        tx.skipped++;
-        continue;
+  /**
+   * Resolve the group's contents (contentBytes) until datagram `seq` can be built; false when
+   * the group has no datagram `seq`. Contents are resolved a chunk at a time as the first pass
+   * advances, so that a large group starts sending at once instead of after resolving all.
+   */
+  private ensureResolved(tx: GroupTx, seq: number): boolean {
+    const l = this.layout;
+    const need = l.fragmentsPerPage > 1 ? Math.floor(seq / l.fragmentsPerPage) + 1 : (seq + 1) * l.pagesPerDatagram;
+    const contents = tx.g.contents;
+    if (tx.resolved === 0 && tx.idBuf.length === 0 && contents.length > 0) tx.idBuf = new Uint32Array(contents.length);
+    while (tx.sendIds.length < need && tx.resolved < contents.length) {
+      const end = Math.min(contents.length, tx.resolved + RESOLVE_CHUNK);
+      let n = tx.sendIds.length;
+      for (let i = tx.resolved; i < end; i++) {
+        const id = contents[i]!;
+        const b = this.o.contentBytes(id);
+        if (b === undefined) {
+          tx.skipped++;
+          continue;
+        }
+        if (b.length < PAGE_SIZE) throw new VmsError(ErrorCode.SCATTER, `contentBytes(${id}) returned ${b.length} bytes, expected ${PAGE_SIZE}`);
+        tx.pages.push(b.length === PAGE_SIZE ? b : b.subarray(0, PAGE_SIZE));
+        tx.idBuf[n++] = id;
       }
-      if (b.length < PAGE_SIZE) throw new VmsError(ErrorCode.SCATTER, `contentBytes(${id}) returned ${b.length} bytes, expected ${PAGE_SIZE}`);
-      tx.pages.push(b.length === PAGE_SIZE ? b : b.subarray(0, PAGE_SIZE));
-      ids.push(id);
+      tx.resolved = end;
+      tx.sendIds = tx.idBuf.subarray(0, n);
+      if (end === contents.length) {
+        tx.nDatagrams = l.fragmentsPerPage > 1 ? n * l.fragmentsPerPage : Math.ceil(n / l.pagesPerDatagram);
+        tx.stats.skipped = tx.skipped;
+        this.contentsTotal -= tx.skipped;
+        this.bytesTotal -= tx.skipped * PAGE_SIZE;
+      }
     }
-    tx.sendIds = Uint32Array.from(ids);
-    tx.nDatagrams = this.layout.fragmentsPerPage > 1 ? ids.length * this.layout.fragmentsPerPage : Math.ceil(ids.length / this.layout.pagesPerDatagram);
-    tx.stats.skipped = tx.skipped;
-    this.contentsTotal -= tx.skipped;
-    this.bytesTotal -= tx.skipped * PAGE_SIZE;
+    return tx.resolved < contents.length || seq < tx.nDatagrams;
   }
 
   private schedule(ms: number): void {
@@ -560,7 +585,6 @@ export class ScatterSender {
     next.stats.joinsConfirmed = joined;
     this.stats.joinsConfirmed += joined.length;
     this.stats.joinsMissing += next.members.length - joined.length;
-    this.loadPages(next);
     next.state = GState.Sending;
     next.startedAt = now;
     this.phase = 'send';
@@ -593,7 +617,7 @@ export class ScatterSender {
     }
     const tx = this.orderTx.find((t) => t.state === GState.Sending);
     if (!tx) return moreWaiting;
-    while (tx.nextSeq < tx.nDatagrams) {
+    while (this.ensureResolved(tx, tx.nextSeq)) {
       if (sent >= this.burstDatagrams) return true;
       if (sock.issued - sock.completed >= RING - 2) return true;
       if (!this.bucket.take(this.datagramWireBytes(tx, tx.nextSeq), now)) return true;
@@ -808,18 +832,32 @@ export class ScatterSender {
     this.stats.sendErrors = this.sock?.sendErrors ?? 0;
     this.stats.dropped = this.stats.malformed + this.stats.foreign + this.stats.spoofed;
     this.progress(now, true);
+    // Per group, once: which of its contents the source had bytes for (sendIds is a sorted
+    // subsequence of contents).
+    const sendable = new Map<number, Uint8Array>();
+    for (const tx of this.orderTx) {
+      const contents = tx.g.contents;
+      const mark = new Uint8Array(contents.length);
+      for (let i = 0, j = 0; i < contents.length && j < tx.sendIds.length; i++) {
+        if (contents[i] === tx.sendIds[j]) {
+          mark[i] = 1;
+          j++;
+        }
+      }
+      sendable.set(tx.g.id, mark);
+    }
     const targets: TargetReport[] = this.targets.map((t) => {
       const held: number[] = [];
       let complete = true;
       for (const tx of this.orderTx) {
         if (!tx.members.includes(t.index)) continue;
         const r = t.reportChunks.get(tx.g.id);
-        const sendable = new Set(tx.sendIds);
+        const mark = sendable.get(tx.g.id)!;
         const contents = tx.g.contents;
         for (let i = 0; i < contents.length; i++) {
           const has = r !== undefined && (r.held[i >>> 3]! & (1 << (i & 7))) !== 0;
           if (has) held.push(contents[i]!);
-          else if (sendable.has(contents[i]!)) complete = false;
+          else if (mark[i] === 1) complete = false;
         }
       }
       held.sort((a, b) => a - b);

@@ -4,7 +4,6 @@
  * real UDP (loopback, network namespaces) and on an in-memory network with scripted loss,
  * duplication and reordering alike.
  */
-import dgram from 'node:dgram';
 import { ErrorCode, VmsError } from '../errors.js';
 
 export interface Peer {
@@ -49,79 +48,7 @@ export interface ScatterNetwork {
 
 export const DEFAULT_RECV_BUFFER = 4 * 1024 * 1024;
 
-/** Real UDP through node:dgram. */
-export const udpNetwork: ScatterNetwork = {
-  open(o: OpenOptions): Promise<ScatterSocket> {
-    return new Promise((resolve, reject) => {
-      const sock = dgram.createSocket({ type: 'udp4', reuseAddr: o.reuseAddr ?? false });
-      let issued = 0;
-      let completed = 0;
-      let sendErrors = 0;
-      let closed = false;
-      // One shared callback (no closure per datagram): sends complete in order.
-      const onSent = (err: Error | null): void => {
-        completed++;
-        if (err) sendErrors++;
-      };
-      const onBindError = (err: Error): void => {
-        sock.close();
-        reject(new VmsError(ErrorCode.SCATTER, `cannot bind UDP ${o.bindAddress}:${o.port} (iface ${o.iface}): ${err.message}`, { cause: err }));
-      };
-      sock.once('error', onBindError);
-      sock.on('message', (msg, rinfo) => o.onMessage(msg, { address: rinfo.address, port: rinfo.port }));
-      sock.bind(o.port, o.bindAddress, () => {
-        sock.off('error', onBindError);
-        // A socket error after bind (e.g. ICMP unreachable on unicast control) must not crash the process.
-        sock.on('error', () => {
-          sendErrors++;
-        });
-        try {
-          sock.setMulticastInterface(o.iface);
-          sock.setMulticastTTL(1);
-          sock.setMulticastLoopback(true);
-          sock.setRecvBufferSize(o.recvBufferBytes ?? DEFAULT_RECV_BUFFER);
-          if (o.join) sock.addMembership(o.join, o.iface);
-        } catch (err) {
-          sock.close();
-          reject(new VmsError(ErrorCode.SCATTER, `cannot set up multicast on ${o.iface}${o.join ? ` for group ${o.join}` : ''}: ${(err as Error).message}`, { cause: err }));
-          return;
-        }
-        const a = sock.address();
-        resolve({
-          send(parts, port, address) {
-            if (closed) return;
-            issued++;
-            try {
-              sock.send(parts as Buffer[], port, address, onSent);
-            } catch {
-              completed++;
-              sendErrors++;
-            }
-          },
-          get issued() {
-            return issued;
-          },
-          get completed() {
-            return completed;
-          },
-          get sendErrors() {
-            return sendErrors;
-          },
-          local: { address: a.address, port: a.port },
-          close() {
-            if (closed) return;
-            closed = true;
-            try {
-              sock.close();
-            } catch {
-              /* already closed */
-            }
-          },
-        });
-      });
-    });
-  },
-};
+/** Real UDP: multicastUdpNetwork() in multicast-udp.ts. */
 
 /** Impairments applied by the in-memory network to every delivery (per receiving socket). */
 export interface Impairment {

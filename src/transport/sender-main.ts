@@ -48,14 +48,18 @@ async function main(): Promise<void> {
   const stop = (): void => sender.close();
   process.once('SIGTERM', stop);
   const runStartedAt = Date.now();
+  const cpu0 = process.cpuUsage();
   try {
     const r = await sender.run();
     const runEndedAt = Date.now();
+    const cpu = process.cpuUsage(cpu0);
     writeFileSync(
       out,
       JSON.stringify({
         runStartedAt,
         runEndedAt,
+        /** CPU time of the sender process over run(), ms. */
+        cpuMs: { user: cpu.user / 1000, system: cpu.system / 1000 },
         sender: r.sender,
         targets: r.targets.map((t) => ({ ...t, held: Array.from(t.held) })),
       }),
