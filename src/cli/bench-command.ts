@@ -9,7 +9,12 @@ import { ErrorCode, VmsError } from '../errors.js';
 export interface BenchOptions {
   quick: boolean;
   json: boolean;
+  /** strategies: also run link-bound on the network-namespace topology (root). */
+  netns?: boolean;
+  /** strategies --netns: the sender's link rate, Mbit/s. */
+  linkMbit?: number;
 }
+
 
 type Suite = (opts: BenchOptions) => Promise<Record<string, unknown>>;
 

@@ -3,7 +3,7 @@
  * loopback, no root and no QEMU needed.
  */
 import { Command, Option } from 'commander';
-import { ErrorCode, isVmsError } from '../errors.js';
+import { ErrorCode, isVmsError, VmsError } from '../errors.js';
 import { demoCommand } from './demo-command.js';
 import { benchCommand, BENCH_SUITES } from './bench-command.js';
 import { registerServiceCommands } from './service-commands.js';
@@ -48,8 +48,16 @@ program
   .argument('<suite>', `one of: ${BENCH_SUITES.join(', ')}`)
   .option('--quick', 'small preset that finishes in a few minutes')
   .option('--json', 'print the results as one JSON object on stdout')
-  .action(async (suite: string, opts: { quick?: boolean; json?: boolean }) => {
-    await benchCommand(suite, { quick: opts.quick === true, json: opts.json === true });
+  .option('--netns', 'strategies: also run link-bound, as processes on a network-namespace topology (root)')
+  .option('--link-mbit <n>', "strategies --netns: the sender's link rate in Mbit/s (default 250)")
+  .action(async (suite: string, opts: { quick?: boolean; json?: boolean; netns?: boolean; linkMbit?: string }) => {
+    let linkMbit: number | undefined;
+    if (opts.linkMbit !== undefined) {
+      linkMbit = Number(opts.linkMbit);
+      if (!Number.isFinite(linkMbit) || linkMbit <= 0) throw new VmsError(ErrorCode.CONFIG, `--link-mbit must be a positive number of Mbit/s, got "${opts.linkMbit}"`);
+      if (opts.netns !== true) throw new VmsError(ErrorCode.CONFIG, '--link-mbit needs --netns');
+    }
+    await benchCommand(suite, { quick: opts.quick === true, json: opts.json === true, ...(opts.netns === true ? { netns: true } : {}), ...(linkMbit !== undefined ? { linkMbit } : {}) });
   });
 
 // coordinator, agent, evacuate, plan, jobs, cancel, agents

@@ -187,3 +187,19 @@ export async function createTopology(o: TopologyOptions): Promise<Topology> {
   }
   return t;
 }
+
+export interface QdiscCounters {
+  kind: string;
+  bytes: number;
+  packets: number;
+  drops: number;
+  overlimits: number;
+}
+
+/** Counters of the root qdisc on the sender's eth0 (the tbf of `senderRate`), from `tc -s -j`. */
+export async function senderQdiscCounters(t: Topology): Promise<QdiscCounters | undefined> {
+  const out = await t.exec(t.senderNs, 'tc', ['-s', '-j', 'qdisc', 'show', 'dev', 'eth0']);
+  const j = JSON.parse(out) as Array<{ kind: string; root?: boolean; bytes?: number; packets?: number; drops?: number; overlimits?: number }>;
+  const q = j.find((x) => x.root) ?? j[0];
+  return q ? { kind: q.kind, bytes: q.bytes ?? 0, packets: q.packets ?? 0, drops: q.drops ?? 0, overlimits: q.overlimits ?? 0 } : undefined;
+}
