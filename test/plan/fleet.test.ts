@@ -1,4 +1,4 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -133,8 +133,12 @@ describe('fleet description files', () => {
   it('loads from a file and names unreadable files', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'vms-plan-'));
     const file = join(dir, 'fleet.json');
-    writeFileSync(file, JSON.stringify({ synthetic: { vms: 4, targets: 2, pagesPerVm: 64 } }));
-    expect((await loadFleet(file)).vms.length).toBe(4);
-    await expect(loadFleet(join(dir, 'missing.json'))).rejects.toThrow(/cannot read fleet description/);
+    try {
+      writeFileSync(file, JSON.stringify({ synthetic: { vms: 4, targets: 2, pagesPerVm: 64 } }));
+      expect((await loadFleet(file)).vms.length).toBe(4);
+      await expect(loadFleet(join(dir, 'missing.json'))).rejects.toThrow(/cannot read fleet description/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
@@ -138,13 +138,17 @@ describe('vmscatter plan', () => {
     const dir = mkdtempSync(join(tmpdir(), 'vms-plan-'));
     const file = join(dir, 'fleet.json');
     const outFile = join(dir, 'plan.json');
-    writeFileSync(file, JSON.stringify({ synthetic: { vms: 6, targets: 3, pagesPerVm: 128 }, options: { maxGroups: 4 } }));
-    const out = capture();
-    await planCommand({ file, json: true, out: outFile });
-    const plan = parsePlan(out());
-    expect(Object.keys(plan.assignment).length).toBe(6);
-    expect(plan.info?.maxGroups).toBe(4);
-    expect(parsePlan(readFileSync(outFile, 'utf8')).order).toEqual(plan.order);
+    try {
+      writeFileSync(file, JSON.stringify({ synthetic: { vms: 6, targets: 3, pagesPerVm: 128 }, options: { maxGroups: 4 } }));
+      const out = capture();
+      await planCommand({ file, json: true, out: outFile });
+      const plan = parsePlan(out());
+      expect(Object.keys(plan.assignment).length).toBe(6);
+      expect(plan.info?.maxGroups).toBe(4);
+      expect(parsePlan(readFileSync(outFile, 'utf8')).order).toEqual(plan.order);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
   it('the summary shows the assignment table', () => {
     const f = defaultFleet();
