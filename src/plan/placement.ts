@@ -536,36 +536,43 @@ class Search {
         continue;
       }
       const kicks = 1 + Math.floor(this.rng() * 3);
-      for (let k = 0; k < kicks; k++) {
-        let set: number[];
-        if (blocks.length > 0 && this.rng() < 0.5) {
-          const block = blocks[Math.floor(this.rng() * blocks.length)]!;
-          const v0 = block[Math.floor(this.rng() * block.length)]!;
-          set = [...block].filter((v) => this.movable[v] && s.target[v] === s.target[v0]);
-        } else set = [movables[Math.floor(this.rng() * movables.length)]!];
-        if (set.length === 0) continue;
-        const a = s.target[set[0]!]!;
-        for (const v of set) s.unplace(v);
-        const t0 = Math.floor(this.rng() * T);
-        let placedAt = -1;
-        for (let i = 0; i < T && placedAt < 0; i++) {
-          const t = (t0 + i) % T;
-          if (t === a) continue;
-          let j = 0;
-          for (; j < set.length && s.fits(set[j]!, t); j++) s.place(set[j]!, t);
-          if (j === set.length) placedAt = t;
-          else for (let q = 0; q < j; q++) s.unplace(set[q]!);
-        }
-        if (placedAt < 0) for (const v of set) s.place(v, a);
-        else {
-          touched.add(a);
-          touched.add(placedAt);
-        }
-      }
+      for (let k = 0; k < kicks; k++) this.kick(blocks, movables, touched);
       if (touched.size === 0) continue;
       this.focusedDescent(touched);
       if (s.cost > c0) this.restore(snap);
     }
+  }
+
+  /**
+   * One kick: a random community part (the VMs of a random block on one target) or a random VM
+   * goes whole to the first target with room for all of it, from a random start; stays put if
+   * none has. The targets involved go into `touched`.
+   */
+  kick(blocks: readonly Int32Array[], movables: readonly number[], touched: Set<number> | null): void {
+    const { s, T } = this;
+    let set: number[];
+    if (blocks.length > 0 && this.rng() < 0.5) {
+      const block = blocks[Math.floor(this.rng() * blocks.length)]!;
+      const v0 = block[Math.floor(this.rng() * block.length)]!;
+      set = [...block].filter((v) => this.movable[v] && s.target[v] === s.target[v0]);
+    } else set = [movables[Math.floor(this.rng() * movables.length)]!];
+    if (set.length === 0) return;
+    const a = s.target[set[0]!]!;
+    for (const v of set) s.unplace(v);
+    const t0 = Math.floor(this.rng() * T);
+    for (let i = 0; i < T; i++) {
+      const t = (t0 + i) % T;
+      if (t === a) continue;
+      let j = 0;
+      for (; j < set.length && s.fits(set[j]!, t); j++) s.place(set[j]!, t);
+      if (j === set.length) {
+        touched?.add(a);
+        touched?.add(t);
+        return;
+      }
+      for (let q = 0; q < j; q++) s.unplace(set[q]!);
+    }
+    for (const v of set) s.place(v, a);
   }
 
   /** Undo: every VM whose target differs from the snapshot goes back. */
@@ -667,33 +674,7 @@ class Search {
     if (movables.length === 0) return;
     for (let r = 0; r < rounds && !this.exhausted; r++) {
       const kicks = 1 + Math.floor(this.rng() * 3);
-      for (let k = 0; k < kicks; k++) {
-        let set: number[];
-        if (blocks.length > 0 && this.rng() < 0.5) {
-          const block = blocks[Math.floor(this.rng() * blocks.length)]!;
-          const v0 = block[Math.floor(this.rng() * block.length)]!;
-          set = [...block].filter((v) => this.movable[v] && s.target[v] === s.target[v0]);
-        } else set = [movables[Math.floor(this.rng() * movables.length)]!];
-        if (set.length === 0) continue;
-        const a = s.target[set[0]!]!;
-        for (const v of set) s.unplace(v);
-        const t0 = Math.floor(this.rng() * this.T);
-        let placed = false;
-        for (let i = 0; i < this.T && !placed; i++) {
-          const t = (t0 + i) % this.T;
-          if (t === a) continue;
-          const ok = set.every((v, j) => {
-            if (!s.fits(v, t)) {
-              for (let q = 0; q < j; q++) s.unplace(set[q]!);
-              return false;
-            }
-            s.place(v, t);
-            return true;
-          });
-          placed = ok;
-        }
-        if (!placed) for (const v of set) s.place(v, a);
-      }
+      for (let k = 0; k < kicks; k++) this.kick(blocks, movables, null);
       this.descend(blocks);
       if (s.cost < bestCost) {
         bestCost = s.cost;
