@@ -24,6 +24,7 @@ export interface DemoFlags {
   seed?: number;
   dirtyRate?: number;
   maxBandwidthMibps?: number;
+  downtimeLimitMs?: number;
   parallel?: number;
   lz4?: boolean;
   scatter?: boolean;
@@ -35,7 +36,7 @@ export function demoConfig(flags: DemoFlags): EvacuationConfig {
   const fromFlags = {
     fleet: { vms: flags.vms, memoryMiB: flags.memoryMib, osImages: flags.osImages, tenants: flags.tenants, seed: flags.seed, dirtyPagesPerSec: flags.dirtyRate },
     targets: flags.targets,
-    migration: { maxBandwidthMiBps: flags.maxBandwidthMibps, parallel: flags.parallel, compress: flags.lz4 ? 'lz4' : undefined },
+    migration: { maxBandwidthMiBps: flags.maxBandwidthMibps, downtimeLimitMs: flags.downtimeLimitMs, parallel: flags.parallel, compress: flags.lz4 ? 'lz4' : undefined },
     scatter: flags.scatter === false ? { enabled: false } : {},
     plan: { strategy: flags.strategy },
   };

@@ -34,6 +34,8 @@ export interface DemoQemuFlags {
 }
 
 export async function demoQemuCommand(flags: DemoQemuFlags): Promise<QemuDemoResult> {
+  const dt = flags.downtimeLimitMs;
+  if (dt !== undefined && !(Number.isFinite(dt) && dt >= 1)) throw new VmsError(ErrorCode.CONFIG, `--downtime-limit-ms must be a number of milliseconds >= 1, got ${String(dt)}`);
   const q = await checkQemu();
   if (!q.ok) throw new VmsError(ErrorCode.CONFIG, `demo --qemu needs QEMU: ${q.reason ?? 'qemu-system-x86_64 not found'}`);
   const MiB = 1024 * 1024;

@@ -27,6 +27,7 @@ program
   .option('--seed <n>', 'fleet seed', int)
   .option('--dirty-rate <pages/s>', 'guest writes per VM, pages/s', Number)
   .option('--max-bandwidth-mibps <n>', 'pre-copy rate limit per VM (QEMU default 128; 0 = unlimited)', Number)
+  .option('--downtime-limit-ms <n>', "QEMU's downtime-limit per VM (default QEMU's 300; through vmscatter 20 keeps downtime near direct QEMU's)", Number)
   .option('--parallel <n>', 'VMs migrating at once', int)
   .option('--lz4', 'compress converge frames with LZ4')
   .option('--no-scatter', 'skip the multicast scatter (converge-only dedup)')

@@ -6,7 +6,7 @@ import { SimSourceVm, SimTargetHost, verifySimVm } from '../../src/agent/sim-age
 import { migrateVm } from '../../src/agent/source-agent.js';
 import { TargetAgent } from '../../src/agent/target-agent.js';
 import { resolveConfig } from '../../src/config.js';
-import { runSimEvacuation } from '../../src/cli/demo-command.js';
+import { demoConfig, runSimEvacuation } from '../../src/cli/demo-command.js';
 import { ErrorCode, VmsError } from '../../src/errors.js';
 import { ContentIndex } from '../../src/memory/content-index.js';
 import { ContentSet } from '../../src/memory/content-set.js';
@@ -185,5 +185,18 @@ describe('vmscatter demo --json', () => {
     };
     expect(err.code).toBe(2);
     expect(err.stderr).toMatch(/fleet\/vms must be >= 1/);
+  });
+
+  it('takes --downtime-limit-ms into the migration config, and rejects a bad one before starting anything', async () => {
+    expect(demoConfig({ downtimeLimitMs: 20 }).migration.downtimeLimitMs).toBe(20);
+    expect(demoConfig({}).migration.downtimeLimitMs).toBe(300);
+    for (const args of [['demo', '--downtime-limit-ms', 'soon'], ['demo', '--qemu', '--downtime-limit-ms', '0']]) {
+      const err = (await promisify(execFile)(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', ...args], { cwd: process.cwd() }).catch((e: unknown) => e)) as {
+        code: number;
+        stderr: string;
+      };
+      expect(err.code).toBe(2);
+      expect(err.stderr).toMatch(/downtime-?limit-?ms/i);
+    }
   });
 });
