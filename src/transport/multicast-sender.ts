@@ -108,6 +108,12 @@ export interface GroupStats {
   joinsConfirmed: number[];
   /** Targets the network (IGMP) saw join the group; null when the check was skipped. */
   igmpJoined: number[] | null;
+  /**
+   * Members the network saw only leave the group's address: they joined and left within the
+   * kernel's report delay (a few ms), so its one IGMPv3 report says "left". A snooping switch
+   * would not have forwarded the group to them; repair and converge still deliver what they lack.
+   */
+  igmpLeftOnly: number[] | null;
   /** Targets that did not end the group with every datagram (they rely on converge). */
   incomplete: number[];
   firstPassMs: number;
@@ -139,6 +145,8 @@ export interface SenderStats {
   joinsMissing: number;
   /** (target, group) joins the network saw (IGMP); null when the check was skipped. */
   igmpSeen: number | null;
+  /** (target, group) memberships the network saw only leave (see GroupStats.igmpLeftOnly). */
+  igmpLeftOnly: number | null;
   igmp: { checked: boolean; reason?: string };
   rateBackoffs: number;
   finalRateBytesPerSec: number;
@@ -322,6 +330,7 @@ export class ScatterSender {
       joinsConfirmed: 0,
       joinsMissing: 0,
       igmpSeen: null,
+      igmpLeftOnly: null,
       igmp: { checked: false },
       rateBackoffs: 0,
       finalRateBytesPerSec: rate,
@@ -408,6 +417,7 @@ export class ScatterSender {
       this.igmp = r.monitor;
       this.stats.igmp = { checked: true };
       this.stats.igmpSeen = 0;
+      this.stats.igmpLeftOnly = 0;
     } else {
       this.stats.igmp = { checked: false, reason: r.reason };
       if (want === true) throw new VmsError(ErrorCode.SCATTER, `IGMP join check requested but unavailable: ${r.reason}`);
@@ -464,6 +474,7 @@ export class ScatterSender {
           pollRounds: 0,
           joinsConfirmed: [],
           igmpJoined: null,
+          igmpLeftOnly: null,
           incomplete: [],
           firstPassMs: 0,
           totalMs: 0,
@@ -900,22 +911,30 @@ export class ScatterSender {
   /** Map the IGMP joins seen to (target, group), by the targets' control addresses. */
   private drainIgmp(): void {
     if (!this.stats.igmp.checked) return;
-    for (const tx of this.orderTx) tx.stats.igmpJoined ??= [];
+    for (const tx of this.orderTx) {
+      tx.stats.igmpJoined ??= [];
+      tx.stats.igmpLeftOnly ??= [];
+    }
     const byAddr = new Map<string, number>();
     for (const t of this.targets) if (t.peer) byAddr.set(t.peer.address, t.index);
-    for (const e of this.igmpEvents.splice(0)) {
-      if (e.type !== 'join') continue;
-      const target = byAddr.get(e.source);
-      if (target === undefined) continue;
-      // A join of an address counts for every group on it the target is a member of.
-      for (const gid of this.groupAddresses.get(e.group) ?? []) {
-        const tx = this.groups.get(gid);
-        if (!tx || !tx.members.includes(target)) continue;
-        const list = (tx.stats.igmpJoined ??= []);
-        if (!list.includes(target)) {
-          list.push(target);
-          list.sort((a, b) => a - b);
-          this.stats.igmpSeen = (this.stats.igmpSeen ?? 0) + 1;
+    const events = this.igmpEvents.splice(0);
+    // Joins first: a leave only counts for members whose join the network never saw.
+    for (const type of ['join', 'leave'] as const) {
+      for (const e of events) {
+        if (e.type !== type) continue;
+        const target = byAddr.get(e.source);
+        if (target === undefined) continue;
+        // A report on an address counts for every group on it the target is a member of.
+        for (const gid of this.groupAddresses.get(e.group) ?? []) {
+          const tx = this.groups.get(gid);
+          if (!tx || !tx.members.includes(target) || tx.stats.igmpJoined!.includes(target)) continue;
+          if (type === 'join') {
+            insertSorted(tx.stats.igmpJoined!, target);
+            this.stats.igmpSeen = (this.stats.igmpSeen ?? 0) + 1;
+          } else if (!tx.stats.igmpLeftOnly!.includes(target)) {
+            insertSorted(tx.stats.igmpLeftOnly!, target);
+            this.stats.igmpLeftOnly = (this.stats.igmpLeftOnly ?? 0) + 1;
+          }
         }
       }
     }
@@ -1040,3 +1059,8 @@ export class ScatterSender {
 
 /** Re-exported for callers that only import the sender. */
 export { MAX_CONTROL_BYTES };
+
+function insertSorted(list: number[], x: number): void {
+  list.push(x);
+  list.sort((a, b) => a - b);
+}
