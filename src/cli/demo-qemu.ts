@@ -6,6 +6,7 @@
  */
 import { cpus, totalmem } from 'node:os';
 import { describeCheck, runQemuDemo, type QemuDemoResult } from '../agent/qemu-evacuation.js';
+import { mergeConfig, resolveConfig } from '../config.js';
 import { checkQemu } from '../qemu/launcher.js';
 import { ErrorCode, VmsError } from '../errors.js';
 import { formatSummary } from './demo-command.js';
@@ -34,8 +35,8 @@ export interface DemoQemuFlags {
 }
 
 export async function demoQemuCommand(flags: DemoQemuFlags): Promise<QemuDemoResult> {
-  const dt = flags.downtimeLimitMs;
-  if (dt !== undefined && !(Number.isFinite(dt) && dt >= 1)) throw new VmsError(ErrorCode.CONFIG, `--downtime-limit-ms must be a number of milliseconds >= 1, got ${String(dt)}`);
+  // The migration flags are the simulated demo's: the same schema checks them, before anything starts.
+  resolveConfig(mergeConfig({}, { migration: { maxBandwidthMiBps: flags.maxBandwidthMibps, downtimeLimitMs: flags.downtimeLimitMs } }), 'command-line flags');
   const q = await checkQemu();
   if (!q.ok) throw new VmsError(ErrorCode.CONFIG, `demo --qemu needs QEMU: ${q.reason ?? 'qemu-system-x86_64 not found'}`);
   const MiB = 1024 * 1024;
