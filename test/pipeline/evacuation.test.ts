@@ -18,8 +18,8 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
-function fleet(n: number, memoryMiB: number, seed = 7): SimSourceVm[] {
-  const vms = defaultFleet({ vms: n, memoryMiB, seed, dirtyPagesPerSec: 2000, workingSetPages: 512 }).map((s) => new SimSourceVm(s, MIGRATION));
+function fleet(n: number, memoryMiB: number, seed = 7, migration = MIGRATION): SimSourceVm[] {
+  const vms = defaultFleet({ vms: n, memoryMiB, seed, dirtyPagesPerSec: 2000, workingSetPages: 512 }).map((s) => new SimSourceVm(s, migration));
   cleanups.push(() => vms.forEach((v) => v.vm.stop()));
   return vms;
 }
@@ -146,7 +146,9 @@ describe('evacuation pipeline (simulated VMs, loopback)', () => {
   });
 
   it('cancelling a migration resumes the source and discards the target', async () => {
-    const [vm] = fleet(1, 32);
+    // Rate-limited so that the first pass takes well over 30 ms: the cancel lands mid-migration
+    // (unlimited, a fast machine sometimes finished 32 MiB before the 30 ms were up).
+    const [vm] = fleet(1, 32, 7, { ...MIGRATION, maxBandwidthBytesPerSec: 64 * 1024 * 1024 });
     const t = await targetAgent('t0');
     const ac = new AbortController();
     setTimeout(() => ac.abort(new VmsError(ErrorCode.CANCELLED, 'test cancel')), 30);
