@@ -189,7 +189,13 @@ describe('simulated pre-copy source', () => {
     const vm = new SimVm(spec({ dirtyPagesPerSec: 100_000, workingSetPages: 2048 }));
     vm.start();
     const target = new SimTarget();
-    const result = await runPrecopy(vm, target.stream, { maxBandwidthBytesPerSec: 64 * MiB, downtimeLimitMs: 20, maxRounds: 4 });
+    // Every round must look slow to QEMU's rule, however the event loop stalls. The 2048-page
+    // working set (8 MiB) is 2.5 windows of budget at 32 MiB/s (a window carries rate / 10), so even
+    // a round that starts with a nearly expired window's leftover crosses one full window: >= 100 ms,
+    // in which 10,000 writes dirty ~all 2048 pages again, i.e. an estimate of >= ~99 ms. (At 64 MiB/s
+    // the set was 1.25 windows: a stall between rounds let one round finish in a few ms, its
+    // measured bandwidth then said "fits in 20 ms", and CI saw it converge.)
+    const result = await runPrecopy(vm, target.stream, { maxBandwidthBytesPerSec: 32 * MiB, downtimeLimitMs: 20, maxRounds: 4 });
     const done = await target.done;
     expect(result.forced).toBe(true);
     expect(result.rounds).toBe(4);
