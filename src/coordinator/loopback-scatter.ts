@@ -35,6 +35,11 @@ export function createLoopbackScatter(cfg: EvacuationConfig['scatter'], agents: 
 export function scatterOutcome(plan: Plan, r: ScatterResult): ScatterOutcome {
   const notes: string[] = [];
   if (!r.sender.igmp.checked) notes.push(`network-level join check skipped: ${r.sender.igmp.reason ?? 'no CAP_NET_RAW'}`);
+  else if (r.sender.igmpUnseenAtStart) {
+    notes.push(
+      `${r.sender.igmpUnseenAtStart} group memberships started before the network showed their IGMP join (a switch with IGMP snooping may not have forwarded those groups; repair and converge carried what was missed)`,
+    );
+  }
   const incomplete = r.targets.filter((t) => !t.complete).map((t) => t.name);
   if (incomplete.length) notes.push(`incomplete after repair: ${incomplete.join(', ')} (converge carries the rest)`);
   return {

@@ -4,7 +4,9 @@
  * reports. Knowledge of "target T holds content C" comes only from those reports.
  *
  * Groups go in plan order. A group starts when every member has confirmed its join (or after
- * `joinTimeoutMs`); while one group is in its first pass, earlier groups may still be in repair,
+ * `joinTimeoutMs`) and, where the sender can hear IGMP, once the network has seen those members
+ * join (or after `igmpJoinWaitMs`), so that a snooping switch forwards the group to each of them
+ * from its first datagram; while one group is in its first pass, earlier groups may still be in repair,
  * so the link does not idle during polls. Repairs are aggregated for a few ms: a datagram that
  * several targets lack is multicast once, one that a single target lacks goes to it by unicast;
  * a NACK arriving within the hold-off after a repair of the same datagram is ignored (it was
@@ -72,6 +74,12 @@ export interface ScatterSenderOptions {
   repairAggregateMs?: number;
   /** Listen to IGMP membership reports (needs CAP_NET_RAW): 'auto' tries and says why not. Default 'auto'. */
   igmp?: boolean | 'auto';
+  /**
+   * With the IGMP check on, a group starts only once the network has seen every confirmed member
+   * join its address (a switch with IGMP snooping forwards the group to a port only then), or
+   * after this long past the last confirmation, for reports lost on the way (default 250 ms).
+   */
+  igmpJoinWaitMs?: number;
   onProgress?: (p: ScatterProgress) => void;
   /** Progress callback interval (default 100 ms). */
   progressIntervalMs?: number;
@@ -112,8 +120,14 @@ export interface GroupStats {
    * Members the network saw only leave the group's address: they joined and left within the
    * kernel's report delay (a few ms), so its one IGMPv3 report says "left". A snooping switch
    * would not have forwarded the group to them; repair and converge still deliver what they lack.
+   * With the start gate (igmpJoinWaitMs) this happens only when the wait for the join ran out.
    */
   igmpLeftOnly: number[] | null;
+  /**
+   * Confirmed members whose IGMP join the network had not shown when the group started (the wait
+   * for it, igmpJoinWaitMs, ran out); null when the check was skipped.
+   */
+  igmpUnseenAtStart: number[] | null;
   /** Targets that did not end the group with every datagram (they rely on converge). */
   incomplete: number[];
   firstPassMs: number;
@@ -147,6 +161,8 @@ export interface SenderStats {
   igmpSeen: number | null;
   /** (target, group) memberships the network saw only leave (see GroupStats.igmpLeftOnly). */
   igmpLeftOnly: number | null;
+  /** (target, group) memberships started without their IGMP join seen (see GroupStats.igmpUnseenAtStart). */
+  igmpUnseenAtStart: number | null;
   igmp: { checked: boolean; reason?: string };
   rateBackoffs: number;
   finalRateBytesPerSec: number;
@@ -214,6 +230,8 @@ interface GroupTx {
   nDatagrams: number;
   nextSeq: number;
   waitingSince: number;
+  /** When every present member had confirmed its join (or the wait for that ran out); -1 before. */
+  confirmedAt: number;
   startedAt: number;
   firstPassAt: number;
   doneAt: number;
@@ -267,6 +285,8 @@ export class ScatterSender {
   private rttMs = 20;
   private igmp: IgmpMonitor | null = null;
   private readonly igmpEvents: IgmpEvent[] = [];
+  /** Per group address: the hosts (report source addresses) the network currently has as members. */
+  private readonly igmpMembers = new Map<string, Set<string>>();
   private lastProgressAt = 0;
   private contentsTotal = 0;
   private bytesTotal = 0;
@@ -331,6 +351,7 @@ export class ScatterSender {
       joinsMissing: 0,
       igmpSeen: null,
       igmpLeftOnly: null,
+      igmpUnseenAtStart: null,
       igmp: { checked: false },
       rateBackoffs: 0,
       finalRateBytesPerSec: rate,
@@ -412,12 +433,13 @@ export class ScatterSender {
       this.stats.igmp = { checked: false, reason: 'loopback interface: Linux sends no IGMP reports on lo' };
       return;
     }
-    const r = await IgmpMonitor.start({ iface, onEvent: (e) => this.igmpEvents.push(e) });
+    const r = await IgmpMonitor.start({ iface, onEvent: (e) => this.onIgmp(e) });
     if (r.monitor) {
       this.igmp = r.monitor;
       this.stats.igmp = { checked: true };
       this.stats.igmpSeen = 0;
       this.stats.igmpLeftOnly = 0;
+      this.stats.igmpUnseenAtStart = 0;
     } else {
       this.stats.igmp = { checked: false, reason: r.reason };
       if (want === true) throw new VmsError(ErrorCode.SCATTER, `IGMP join check requested but unavailable: ${r.reason}`);
@@ -442,6 +464,7 @@ export class ScatterSender {
         nDatagrams: 0,
         nextSeq: 0,
         waitingSince: -1,
+        confirmedAt: -1,
         startedAt: 0,
         firstPassAt: 0,
         doneAt: 0,
@@ -475,6 +498,7 @@ export class ScatterSender {
           joinsConfirmed: [],
           igmpJoined: null,
           igmpLeftOnly: null,
+          igmpUnseenAtStart: null,
           incomplete: [],
           firstPassMs: 0,
           totalMs: 0,
@@ -591,6 +615,16 @@ export class ScatterSender {
         }
       }
       return;
+    }
+    if (next.confirmedAt < 0) next.confirmedAt = now;
+    let unseen: number[] = [];
+    if (this.igmp) {
+      // Confirmed over the control channel means the receiver's socket joined; a snooping
+      // switch forwards the group only after the kernel's IGMP report, a few ms later.
+      unseen = this.igmpUnseen(next, joined);
+      if (unseen.length > 0 && now - next.confirmedAt < (this.o.igmpJoinWaitMs ?? 250)) return;
+      next.stats.igmpUnseenAtStart = unseen;
+      this.stats.igmpUnseenAtStart = (this.stats.igmpUnseenAtStart ?? 0) + unseen.length;
     }
     next.joinsConfirmed = joined;
     next.stats.joinsConfirmed = joined;
@@ -826,6 +860,27 @@ export class ScatterSender {
       if (!r || r.gotN < r.count) out.push(tx.g.id);
     }
     return out;
+  }
+
+  /** Keep the report for the end-of-job check, and the network's current members for the start gate. */
+  private onIgmp(e: IgmpEvent): void {
+    this.igmpEvents.push(e);
+    let members = this.igmpMembers.get(e.group);
+    if (e.type === 'join') {
+      if (!members) this.igmpMembers.set(e.group, (members = new Set()));
+      members.add(e.source);
+    } else {
+      members?.delete(e.source);
+    }
+  }
+
+  /** Confirmed members of the group whose join of its address the network has not shown (IGMP). */
+  private igmpUnseen(tx: GroupTx, confirmed: number[]): number[] {
+    const members = this.igmpMembers.get(tx.g.address);
+    return confirmed.filter((t) => {
+      const peer = this.targets[t]!.peer;
+      return !peer || !members?.has(peer.address);
+    });
   }
 
   private reportComplete(t: TargetState): boolean {
