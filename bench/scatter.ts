@@ -236,8 +236,8 @@ async function runVmscatter(topo: Topology, link: string, pages: number, expectD
     commands: r.commands,
     notes: [
       `rate ceiling ${Math.round(rate / 1e6)} MB/s, final ${Math.round(s.finalRateBytesPerSec / 1e6)} MB/s after ${s.rateBackoffs} backoffs`,
-      `receiver CPU per content MB (user+sys ms): ${r.receivers.map((x) => ((x.cpuMs.user + x.cpuMs.system) / (bytes / 1e6)).toFixed(2)).join(' ')}; per datagram (us): ${r.receivers.map((x) => (((x.cpuMs.user + x.cpuMs.system) * 1000) / Math.max(1, x.counters.datagrams)).toFixed(1)).join(' ')}; event-loop delay max (ms): ${r.receivers.map((x) => Math.round(x.loopDelayMs.max)).join(' ')}`,
-      `sender CPU per datagram (user+sys us, kernel delivery to the bridge included): ${senderCpu ? (((senderCpu.user + senderCpu.system) * 1000) / Math.max(1, s.datagrams)).toFixed(1) : '?'}`,
+      `receiver CPU per content MB (user+sys ms): ${r.receivers.map((x) => ((x.cpuMs.user + x.cpuMs.system) / (bytes / 1e6)).toFixed(2)).join(' ')}; per datagram (us): ${r.receivers.map((x) => (((x.cpuMs.user + x.cpuMs.system) * 1000) / Math.max(1, x.counters.datagrams)).toFixed(1)).join(' ')} (of which user: ${r.receivers.map((x) => ((x.cpuMs.user * 1000) / Math.max(1, x.counters.datagrams)).toFixed(1)).join(' ')}); event-loop delay max (ms): ${r.receivers.map((x) => Math.round(x.loopDelayMs.max)).join(' ')}`,
+      `sender CPU per datagram (user+sys us, kernel delivery to the bridge included): ${senderCpu ? `${(((senderCpu.user + senderCpu.system) * 1000) / Math.max(1, s.datagrams)).toFixed(1)} (of which user: ${((senderCpu.user * 1000) / Math.max(1, s.datagrams)).toFixed(1)})` : '?'}`,
       `receivers' own join/leave count: ${r.receivers.map((x) => `${x.counters.joins}/${x.counters.leaves}`).join(' ')}; sender IGMP check: ${s.igmp.checked ? `${s.igmpSeen} joins seen, ${s.igmpLeftOnly} memberships seen only leaving, ${s.igmpUnseenAtStart} started before their join was seen` : s.igmp.reason}`,
       ...(igmp.note ? [igmp.note] : []),
     ],
