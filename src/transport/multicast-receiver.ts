@@ -158,11 +158,11 @@ export class ScatterReceiver {
     this.auth = key ? new DatagramAuth(key, o.target) : null;
     this.store = o.store;
     this.iface = o.iface ?? SCATTER_DEFAULTS.iface;
-    // Group sockets accept only the source's datagrams (kernel filter) and drain their queue in one go.
-    // Not multicastUdpNetwork({ source }): group sockets connected to the sender and drained with
-    // read(2) cost about 5 instead of 9 us per datagram, but with them the network-level join
-    // check missed one IGMP report in about 1 of 3 namespace runs (not understood yet; the data
-    // arrived whole every time). Off until that is explained.
+    // Not multicastUdpNetwork({ source }) (group sockets connected to the sender, drained with
+    // read(2)): it saves ~2 us of user time per datagram, but under `bench scatter`'s full load
+    // the receivers then showed event-loop stalls of 0.2-0.7 s and 2-20x the repairs (4 runs each
+    // way, 2026-12-03), not understood yet. The IGMP misses once blamed on it were joins and
+    // leaves inside the kernel's report delay, since fixed by the sender's start gate.
     this.net = o.network ?? multicastUdpNetwork();
     const byId = new Map(o.session.groups.map((g) => [g.id, g]));
     for (const gid of o.session.order) {
