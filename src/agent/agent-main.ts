@@ -75,6 +75,7 @@ export async function startAgent(cfg: EvacuationConfig, o: StartAgentOptions = {
       logger,
       coordinatorGraceMs: CONTROL_DEFAULTS.coordinatorGraceMs,
       ...(cfg.migration.compress === 'lz4' ? { compress: 'lz4' as const } : {}),
+      stopCopyFirst: cfg.migration.stopCopyFirst,
       scatter: cfg.scatter,
     });
   } else {

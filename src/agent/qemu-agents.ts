@@ -27,7 +27,7 @@ import { launchGuest, QEMU_DEFAULTS, type LaunchOptions, type QemuGuest } from '
 import type { QmpEvent } from '../qemu/qmp.js';
 import type { IncomingFactory, IncomingVm } from '../transport/converge-target.js';
 import type { HelloFrame } from '../wire/converge-frame.js';
-import { epochNowMs, type SourceMigrationResult, type SourceVm } from './source-vm.js';
+import { epochNowMs, type MigrationHooks, type SourceMigrationResult, type SourceVm } from './source-vm.js';
 
 const FINAL_STATES = new Set(['completed', 'failed', 'cancelled']);
 /** query-migrate polls while migrating: a fallback for a MIGRATION event that never comes. */
@@ -100,7 +100,7 @@ export class QemuSourceVm implements SourceVm {
     this.ram.close();
   }
 
-  async migrate(out: Writable, signal: AbortSignal): Promise<SourceMigrationResult> {
+  async migrate(out: Writable, signal: AbortSignal, hooks?: MigrationHooks): Promise<SourceMigrationResult> {
     const g = this.guest;
     const log = this.logger?.child({ vm: g.name });
     const sockPath = join(g.workDir, `${g.name}.mig.sock`);
@@ -141,6 +141,7 @@ export class QemuSourceVm implements SourceVm {
       if (ev.event === 'STOP' && stopEvent === undefined) {
         stopEvent = ev;
         bytesAtStop = socketBytes;
+        hooks?.onStopped?.();
       }
       if (ev.event === 'MIGRATION' && FINAL_STATES.has(String(ev.data['status']))) {
         finalAt = ev.timeMs;

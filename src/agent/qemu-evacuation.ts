@@ -210,6 +210,7 @@ export async function runQemuEvacuation(opts: QemuEvacuationOptions): Promise<Qe
       },
       parallel: cfg.migration.parallel,
       ...(opts.compress ? { compress: opts.compress } : {}),
+      stopCopyFirst: cfg.migration.stopCopyFirst,
       logger,
       ...(opts.onEvent ? { onEvent: opts.onEvent } : {}),
       ...(opts.signal ? { signal: opts.signal } : {}),

@@ -11,7 +11,7 @@ import { defaultFleet, type SimVmSpec } from '../memory/sim-profile.js';
 import type { EvacuationConfig } from '../config.js';
 import type { RamImage } from '../memory/ram-image.js';
 import type { IncomingFactory, IncomingVm } from '../transport/converge-target.js';
-import type { SourceMigrationResult, SourceVm } from './source-vm.js';
+import type { MigrationHooks, SourceMigrationResult, SourceVm } from './source-vm.js';
 
 export interface SimMigrationOptions {
   /** 0 = unlimited. */
@@ -42,12 +42,23 @@ export class SimSourceVm implements SourceVm {
     return this.vm;
   }
 
-  async migrate(out: Writable, signal: AbortSignal): Promise<SourceMigrationResult> {
+  async migrate(out: Writable, signal: AbortSignal, hooks?: MigrationHooks): Promise<SourceMigrationResult> {
+    let stopped = false;
     const r = await runPrecopy(this.vm, out, {
       maxBandwidthBytesPerSec: this.migration.maxBandwidthBytesPerSec,
       downtimeLimitMs: this.migration.downtimeLimitMs,
       maxRounds: this.migration.maxRounds,
       signal,
+      ...(hooks?.onStopped
+        ? {
+            onProgress: (p) => {
+              if (p.phase === 'stop-copy' && !stopped) {
+                stopped = true;
+                hooks.onStopped!();
+              }
+            },
+          }
+        : {}),
     });
     const resentPages = r.roundStats.slice(1).reduce((sum, x) => sum + x.pages, 0);
     return { rounds: r.rounds, forced: r.forced, stoppedAtEpochMs: performance.timeOrigin + r.stoppedAt, resentPages, deviceStateBytes: r.deviceTail.length };

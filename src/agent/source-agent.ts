@@ -9,6 +9,7 @@ import { ErrorCode, VmsError, isVmsError } from '../errors.js';
 import type { ContentSet } from '../memory/content-set.js';
 import { ConvergeSource, type ContentLookup, type ConvergeSourceStats } from '../transport/converge-source.js';
 import type { SourceVm } from './source-vm.js';
+import type { StopCopyPriority } from './stop-copy-priority.js';
 
 export interface VmMigrationReport {
   vm: string;
@@ -36,6 +37,8 @@ export interface MigrateVmOptions {
   logger?: Logger;
   onStats?: (stats: ConvergeSourceStats) => void;
   compress?: 'lz4';
+  /** Stop-and-copy first across the job's concurrent migrations (see StopCopyPriority). */
+  priority?: StopCopyPriority;
 }
 
 export async function migrateVm(opts: MigrateVmOptions): Promise<VmMigrationReport> {
@@ -56,12 +59,13 @@ export async function migrateVm(opts: MigrateVmOptions): Promise<VmMigrationRepo
     ...(opts.holds ? { holds: opts.holds } : {}),
     ...(opts.seen ? { seen: opts.seen } : {}),
     ...(opts.compress ? { compress: opts.compress } : {}),
+    ...(opts.priority ? { priority: opts.priority } : {}),
   });
   // If the target fails first, stop the producer too.
   conv.result.catch((e: unknown) => local.abort(e));
   const ticker = opts.onStats ? setInterval(() => opts.onStats!(conv.stats), 200) : undefined;
   try {
-    const mig = await vm.migrate(conv, local.signal);
+    const mig = await vm.migrate(conv, local.signal, opts.priority ? { onStopped: () => opts.priority!.enter(vm.name) } : undefined);
     const result = await conv.result;
     const resumedAt = result.resumedAtEpochMs ?? NaN;
     log?.info({ rounds: mig.rounds, downtimeMs: resumedAt - mig.stoppedAtEpochMs, ...conv.stats }, 'vm migrated');
@@ -87,6 +91,8 @@ export async function migrateVm(opts: MigrateVmOptions): Promise<VmMigrationRepo
     throw err;
   } finally {
     if (ticker) clearInterval(ticker);
+    // Resumed on the target, or failed (and resumed on the source): its downtime is over.
+    opts.priority?.leave(vm.name);
     opts.signal?.removeEventListener('abort', onAbort);
     opts.onStats?.(conv.stats);
   }

@@ -60,6 +60,8 @@ export interface SourceHostOptions {
   coordinatorGraceMs: number;
   /** Compress converge DATA frames. */
   compress?: 'lz4';
+  /** Hold the job's other VMs' pre-copy while one is stopped (default true). */
+  stopCopyFirst?: boolean;
   /** Multicast scatter settings (this host's interface); disabled: converge carries every page. */
   scatter?: EvacuationConfig['scatter'];
   /** Finished runs kept for the coordinator to read back (default 200). */
@@ -202,6 +204,7 @@ export class SourceRun {
         ? { scatter: createRemoteScatter({ job: req.job, cfg: host.opts.scatter, targets: req.targets, token: host.opts.token, logger: host.opts.logger }) }
         : {}),
       ...(host.opts.compress ? { compress: host.opts.compress } : {}),
+      ...(host.opts.stopCopyFirst === false ? { stopCopyFirst: false } : {}),
       ...(req.verify ? { verify: this.verifier(owned) } : {}),
       parallel: req.parallel,
       onEvent: (e) => this.emit(e),

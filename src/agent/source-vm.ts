@@ -11,9 +11,14 @@ export interface SourceVm {
    * Run the VM's own pre-copy into `out` and end it. Resolves once the VM is stopped and its
    * whole stream written; must leave the VM running (resumed) when it rejects.
    */
-  migrate(out: Writable, signal: AbortSignal): Promise<SourceMigrationResult>;
+  migrate(out: Writable, signal: AbortSignal, hooks?: MigrationHooks): Promise<SourceMigrationResult>;
   /** Resume a VM stopped for a migration that then failed: the source keeps running. */
   resume(): void | Promise<void>;
+}
+
+export interface MigrationHooks {
+  /** The VM has just stopped for its stop-and-copy: its downtime starts. */
+  onStopped?: () => void;
 }
 
 export interface SourceMigrationResult {

@@ -81,6 +81,7 @@ export async function runSimEvacuation(cfg: EvacuationConfig, opts: SimEvacuatio
       },
       parallel: cfg.migration.parallel,
       ...(cfg.migration.compress === 'lz4' ? { compress: 'lz4' as const } : {}),
+      stopCopyFirst: cfg.migration.stopCopyFirst,
       logger,
       ...(opts.onEvent ? { onEvent: opts.onEvent } : {}),
       ...(opts.signal ? { signal: opts.signal } : {}),

@@ -11,6 +11,7 @@ import { PAGE_SIZE } from '../memory/page.js';
 import type { FleetTarget, FleetVm, Plan } from '../plan/types.js';
 import { migrateVm, type VmMigrationReport } from '../agent/source-agent.js';
 import type { SourceVm } from '../agent/source-vm.js';
+import { StopCopyPriority } from '../agent/stop-copy-priority.js';
 import { Phase, type EventSink } from './events.js';
 
 export interface EvacuationTarget {
@@ -56,6 +57,11 @@ export interface EvacuationInput {
   parallel: number;
   /** Compress converge DATA frames. */
   compress?: 'lz4';
+  /**
+   * While a VM is stopped for its stop-and-copy, hold the other VMs' pre-copy (default true;
+   * matters only with parallel > 1).
+   */
+  stopCopyFirst?: boolean;
   /**
    * Called before a VM's converge connection opens; the VM waits until it resolves (e.g. for a
    * migration slot under per-host limits). Rejecting fails the VM, which was never touched.
@@ -111,6 +117,8 @@ export interface EvacuationReport {
   index: IndexStats;
   plan: Plan['predicted'] & { groups: number };
   scatter?: Omit<ScatterOutcome, 'held'>;
+  /** Stop-and-copy first (parallel > 1): pre-copy writes held while another VM was stopped. */
+  stopCopyFirst?: { holds: number; heldMs: number };
 }
 
 export async function runEvacuation(input: EvacuationInput): Promise<EvacuationReport> {
@@ -188,6 +196,7 @@ export async function runEvacuation(input: EvacuationInput): Promise<EvacuationR
   // 4. Converge: every VM's own pre-copy through its converge channel, `parallel` at a time.
   const reports = new Map<string, VmMigrationReport>();
   const seen = new ContentSet(index.contentCount);
+  const priority = input.stopCopyFirst !== false && input.parallel > 1 ? new StopCopyPriority() : undefined;
   const failures = new Map<string, string>();
   await timed(
     Phase.CONVERGE,
@@ -210,6 +219,7 @@ export async function runEvacuation(input: EvacuationInput): Promise<EvacuationR
               seen,
               signal,
               ...(input.compress ? { compress: input.compress } : {}),
+              ...(priority ? { priority } : {}),
               ...(log ? { logger: log } : {}),
               onStats: (s) => emit({ type: 'progress', phase: Phase.CONVERGE, key: vm.name, done: Math.min(s.streamBytes, total), total, unit: 'bytes' }),
             });
@@ -287,6 +297,7 @@ export async function runEvacuation(input: EvacuationInput): Promise<EvacuationR
     phasesMs,
     index: index.stats(),
     plan: { ...plan.predicted, groups: plan.groups.length },
+    ...(priority ? { stopCopyFirst: { holds: priority.holds, heldMs: Math.round(priority.heldMs) } } : {}),
     ...(scatter ? { scatter: { bytesSent: scatter.bytesSent, ...(scatter.bytesReceived !== undefined ? { bytesReceived: scatter.bytesReceived } : {}), datagrams: scatter.datagrams, repairs: scatter.repairs, notes: scatter.notes } } : {}),
   };
   return report;

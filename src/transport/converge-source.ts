@@ -48,6 +48,11 @@ export interface ConvergeSourceOptions {
   /** Compress DATA frames with LZ4 (pays where the link, not the CPU, is the bottleneck). */
   compress?: 'lz4';
   /**
+   * Stop-and-copy first (StopCopyPriority): asked before each write of the VM's stream; a
+   * promise holds the write (backpressure to the VM's pre-copy) while another VM is stopped.
+   */
+  priority?: { turn(vm: string): Promise<void> | null };
+  /**
    * Stream bytes allowed in flight beyond what the target reported CONSUMED (once it reports at
    * all). Socket buffers alone would let megabytes pile up ahead of a slow target QEMU, all of
    * which the VM's downtime then waits for. Default CONVERGE_WINDOW_BYTES.
@@ -186,6 +191,12 @@ export class ConvergeSource extends Writable {
   }
 
   override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
+    const hold = this.opts.priority?.turn(this.opts.vm);
+    if (hold) void hold.then(() => this.writeNow(chunk, cb));
+    else this.writeNow(chunk, cb);
+  }
+
+  private writeNow(chunk: Buffer, cb: (err?: Error | null) => void): void {
     if (this.settled) return cb(new VmsError(ErrorCode.CONVERGE, `converge for VM ${this.opts.vm} already ended`));
     try {
       this.stats.streamBytes += chunk.length;

@@ -4,6 +4,8 @@ import { promisify } from 'node:util';
 import { afterEach, describe, expect, it } from 'vitest';
 import { SimSourceVm, SimTargetHost, verifySimVm } from '../../src/agent/sim-agents.js';
 import { migrateVm } from '../../src/agent/source-agent.js';
+import type { SourceVm } from '../../src/agent/source-vm.js';
+import { StopCopyPriority } from '../../src/agent/stop-copy-priority.js';
 import { TargetAgent } from '../../src/agent/target-agent.js';
 import { resolveConfig } from '../../src/config.js';
 import { demoConfig, runSimEvacuation } from '../../src/cli/demo-command.js';
@@ -11,6 +13,7 @@ import { ErrorCode, VmsError } from '../../src/errors.js';
 import { ContentIndex } from '../../src/memory/content-index.js';
 import { ContentSet } from '../../src/memory/content-set.js';
 import { defaultFleet } from '../../src/memory/sim-profile.js';
+import type { ConvergeSourceStats } from '../../src/transport/converge-source.js';
 
 const MIGRATION = { maxBandwidthBytesPerSec: 0, downtimeLimitMs: 300, maxRounds: 10 };
 const cleanups: Array<() => Promise<void> | void> = [];
@@ -156,6 +159,55 @@ describe('evacuation pipeline (simulated VMs, loopback)', () => {
     expect(err).toBeInstanceOf(VmsError);
     expect(vm!.vm.state).toBe('running');
     expect(t.host.images.has(vm!.name)).toBe(false);
+  });
+
+  it("stop-and-copy first: while one VM is stopped, another VM's stream is held, and both rebuild exactly", async () => {
+    // A (unlimited) stops early and is kept 'stopped' for 1.5 s after its stream ends; B (6 MiB/s,
+    // a first pass of 2.7 s) is still in pre-copy all that time. Sampled 0.3 s and 0.9 s after A
+    // stopped, B's stream must not have advanced with the priority, and must have without it.
+    const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+    const run = async (priority: StopCopyPriority | undefined): Promise<{ advanced: number }> => {
+      const [a, b] = fleet(2, 16, 11, { ...MIGRATION, maxBandwidthBytesPerSec: 6 * 1024 * 1024 });
+      const fastA = new SimSourceVm(a!.spec, MIGRATION);
+      cleanups.push(() => fastA.vm.stop());
+      const t = await targetAgent(`t-${priority ? 'prio' : 'plain'}`);
+      let bStats: ConvergeSourceStats | undefined;
+      let stoppedAt = -1;
+      const slowLeaving: SourceVm = {
+        name: fastA.name,
+        memoryBytes: fastA.memoryBytes,
+        ram: fastA.ram,
+        resume: () => fastA.resume(),
+        migrate: async (out, signal, hooks) => {
+          const r = await fastA.migrate(out, signal, {
+            onStopped: () => {
+              stoppedAt = performance.now();
+              hooks?.onStopped?.();
+            },
+          });
+          await sleep(1500);
+          return r;
+        },
+      };
+      const job = `prio-${priority ? 'on' : 'off'}`;
+      const both = Promise.all([
+        migrateVm({ vm: slowLeaving, target: t.addr, job, ...(priority ? { priority } : {}) }),
+        migrateVm({ vm: b!, target: t.addr, job, onStats: (st) => (bStats ??= st), ...(priority ? { priority } : {}) }),
+      ]);
+      while (stoppedAt < 0) await sleep(10);
+      await sleep(300);
+      const at300 = bStats!.streamBytes;
+      await sleep(600);
+      const advanced = bStats!.streamBytes - at300;
+      await both;
+      expect(verifySimVm(fastA, t.host)).toEqual({ verified: true });
+      expect(verifySimVm(b!, t.host)).toEqual({ verified: true });
+      return { advanced };
+    };
+    const priority = new StopCopyPriority();
+    expect((await run(priority)).advanced).toBe(0);
+    expect(priority.holds).toBeGreaterThan(0);
+    expect((await run(undefined)).advanced).toBeGreaterThan(1024 * 1024);
   });
 
   it('an unreachable target agent is a clear error and the source keeps running', async () => {
