@@ -33,7 +33,7 @@ export const MigrationSchema = Type.Object(
     maxRounds: Type.Integer({ minimum: 1, default: 30, description: 'pre-copy rounds before stop-and-copy is forced' }),
     parallel: Type.Integer({ minimum: 1, default: 8, description: 'VMs migrating at once' }),
     compress: Type.Union([Type.Literal('none'), Type.Literal('lz4')], { default: 'none', description: 'compress converge frames' }),
-    stopCopyFirst: Type.Boolean({ default: true, description: "while a VM is stopped for its stop-and-copy, hold the job's other VMs' pre-copy (shorter downtime with parallel > 1)" }),
+    stopCopyFirst: Type.Boolean({ default: true, description: "while a VM is stopped for its stop-and-copy, hold the job's other VMs' pre-copy, and keep what they have in flight small (shorter downtime with parallel > 1)" }),
   },
   { additionalProperties: false },
 );

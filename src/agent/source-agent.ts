@@ -39,6 +39,8 @@ export interface MigrateVmOptions {
   compress?: 'lz4';
   /** Stop-and-copy first across the job's concurrent migrations (see StopCopyPriority). */
   priority?: StopCopyPriority;
+  /** Stream bytes in flight beyond what the target consumed (ConvergeSourceOptions.windowBytes). */
+  windowBytes?: number;
 }
 
 export async function migrateVm(opts: MigrateVmOptions): Promise<VmMigrationReport> {
@@ -60,6 +62,7 @@ export async function migrateVm(opts: MigrateVmOptions): Promise<VmMigrationRepo
     ...(opts.seen ? { seen: opts.seen } : {}),
     ...(opts.compress ? { compress: opts.compress } : {}),
     ...(opts.priority ? { priority: opts.priority } : {}),
+    ...(opts.windowBytes ? { windowBytes: opts.windowBytes } : {}),
   });
   // If the target fails first, stop the producer too.
   conv.result.catch((e: unknown) => local.abort(e));

@@ -9,6 +9,10 @@
  * finds its migration socket full. There is no dependency between VMs' channels (a content is
  * referenced only once its own target holds it), so holding one never blocks another. A hold
  * lasts at most `maxHoldMs`, whatever happens to the stopped VM.
+ *
+ * What the other VMs already have in flight still goes ahead of the stopped VM's bytes, so with
+ * the priority the evacuation also gives each VM only its share of a job-wide in-flight budget
+ * (JOB_WINDOW_BYTES) instead of a full converge window.
  */
 export class StopCopyPriority {
   private readonly stopped = new Set<string>();

@@ -12,6 +12,7 @@ import type { FleetTarget, FleetVm, Plan } from '../plan/types.js';
 import { migrateVm, type VmMigrationReport } from '../agent/source-agent.js';
 import type { SourceVm } from '../agent/source-vm.js';
 import { StopCopyPriority } from '../agent/stop-copy-priority.js';
+import { CONVERGE_WINDOW_BYTES, JOB_WINDOW_BYTES, MIN_WINDOW_BYTES } from '../transport/converge-source.js';
 import { Phase, type EventSink } from './events.js';
 
 export interface EvacuationTarget {
@@ -197,6 +198,9 @@ export async function runEvacuation(input: EvacuationInput): Promise<EvacuationR
   const reports = new Map<string, VmMigrationReport>();
   const seen = new ContentSet(index.contentCount);
   const priority = input.stopCopyFirst !== false && input.parallel > 1 ? new StopCopyPriority() : undefined;
+  // What the other VMs already have in flight still goes ahead of a stopped VM's last bytes: with
+  // the priority, the job's VMs share one in-flight budget instead of a full window each.
+  const priorityWindow = Math.min(CONVERGE_WINDOW_BYTES, Math.max(MIN_WINDOW_BYTES, Math.floor(JOB_WINDOW_BYTES / input.parallel)));
   const failures = new Map<string, string>();
   await timed(
     Phase.CONVERGE,
@@ -219,7 +223,7 @@ export async function runEvacuation(input: EvacuationInput): Promise<EvacuationR
               seen,
               signal,
               ...(input.compress ? { compress: input.compress } : {}),
-              ...(priority ? { priority } : {}),
+              ...(priority ? { priority, windowBytes: priorityWindow } : {}),
               ...(log ? { logger: log } : {}),
               onStats: (s) => emit({ type: 'progress', phase: Phase.CONVERGE, key: vm.name, done: Math.min(s.streamBytes, total), total, unit: 'bytes' }),
             });

@@ -65,6 +65,13 @@ export interface ConvergeSourceOptions {
  * stall), small enough to drain in a few ms at the target.
  */
 export const CONVERGE_WINDOW_BYTES = 1024 * 1024;
+/** The smallest window: four CONSUMED reports' worth (the target reports every 64 KiB). */
+export const MIN_WINDOW_BYTES = 256 * 1024;
+/**
+ * In flight for all of a job's concurrent VMs together, with stop-and-copy first: 2 MiB keeps a
+ * 250 Mbit/s link with a 28 ms round trip busy (its bandwidth-delay product is 0.9 MB).
+ */
+export const JOB_WINDOW_BYTES = 2 * 1024 * 1024;
 
 export interface ConvergeSourceStats {
   /** Bytes of the original stream (what plain QEMU migration sends). */
@@ -103,7 +110,7 @@ export class ConvergeSource extends Writable {
     super({ highWaterMark: 256 * 1024 });
     this.socket = opts.socket;
     this.resultTimeoutMs = opts.resultTimeoutMs ?? 120_000;
-    this.windowBytes = Math.max(opts.windowBytes ?? CONVERGE_WINDOW_BYTES, 1024 * 1024);
+    this.windowBytes = Math.max(opts.windowBytes ?? CONVERGE_WINDOW_BYTES, MIN_WINDOW_BYTES);
     this.result = new Promise((res, rej) => {
       this.resolveResult = res;
       this.rejectResult = rej;
