@@ -617,11 +617,10 @@ export class ScatterSender {
       return;
     }
     if (next.confirmedAt < 0) next.confirmedAt = now;
-    let unseen: number[] = [];
     if (this.igmp) {
       // Confirmed over the control channel means the receiver's socket joined; a snooping
       // switch forwards the group only after the kernel's IGMP report, a few ms later.
-      unseen = this.igmpUnseen(next, joined);
+      const unseen = this.igmpUnseen(next, joined);
       if (unseen.length > 0 && now - next.confirmedAt < (this.o.igmpJoinWaitMs ?? 250)) return;
       next.stats.igmpUnseenAtStart = unseen;
       this.stats.igmpUnseenAtStart = (this.stats.igmpUnseenAtStart ?? 0) + unseen.length;
