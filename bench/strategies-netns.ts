@@ -92,6 +92,8 @@ export interface NetnsStrategyResult {
   error?: string;
   dedupMinimum?: number;
   scatterNotes?: string[];
+  /** (c)-(e): pre-copy rounds per VM and whether its stop-and-copy was forced, from the job's report. */
+  rounds?: Array<{ vm: string; rounds: number; forced: boolean }>;
 }
 
 function failedResult(id: NetnsStrategyId, err: unknown): NetnsStrategyResult {
@@ -442,6 +444,7 @@ class NetnsRun {
         phasesMs,
         dedupMinimum: rep.bytes.dedupMinimum,
         ...(rep.scatter?.notes?.length ? { scatterNotes: rep.scatter.notes } : {}),
+        rounds: rep.vms.map((v) => ({ vm: v.name, rounds: v.rounds, forced: v.forced })),
       };
     } finally {
       await stop(procs);
@@ -457,7 +460,7 @@ interface JobJson {
   endedAt?: string;
   report?: {
     ok: boolean;
-    vms: Array<{ downtimeMs: number; verified: boolean }>;
+    vms: Array<{ name: string; downtimeMs: number; verified: boolean; rounds: number; forced: boolean }>;
     bytes: { wire: number; converge: number; scatter: number; dedupMinimum: number };
     phasesMs: Record<string, number>;
     scatter?: { bytesSent: number; bytesReceived?: number; notes?: string[] };
