@@ -159,10 +159,11 @@ export class ScatterReceiver {
     this.store = o.store;
     this.iface = o.iface ?? SCATTER_DEFAULTS.iface;
     // Not multicastUdpNetwork({ source }) (group sockets connected to the sender, drained with
-    // read(2)): it saves ~2 us of user time per datagram, but under `bench scatter`'s full load
-    // the receivers then showed event-loop stalls of 0.2-0.7 s and 2-20x the repairs (4 runs each
-    // way, 2026-12-03), not understood yet. The IGMP misses once blamed on it were joins and
-    // leaves inside the kernel's report delay, since fixed by the sender's start gate.
+    // read(2)): it saves 0.5-1 us of user time per datagram, which did not show in `bench
+    // scatter` (4 runs each way, 2026-12-03: 167-173 MB/s either way). Its event-loop stalls
+    // (0.2-0.7 s, from a drain budget per event instead of per loop turn) are fixed; the IGMP
+    // misses once blamed on it were joins and leaves inside the kernel's report delay, since
+    // fixed by the sender's start gate.
     this.net = o.network ?? multicastUdpNetwork();
     const byId = new Map(o.session.groups.map((g) => [g.id, g]));
     for (const gid of o.session.order) {

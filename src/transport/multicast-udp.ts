@@ -69,9 +69,21 @@ export function multicastUdpNetwork(opts: MulticastUdpOptions = {}): ScatterNetw
           completed++;
           if (err) sendErrors++;
         };
+        // The drain budget is per event-loop turn, not per 'message' event: libuv delivers up to
+        // 32 events per poll, and draining 256 after each let a busy socket hold the loop for a
+        // long time (timers, NACK scans and other sockets starved).
+        let budget = maxDrain;
+        let refill = false;
         const drain = (): void => {
           const buf = scratch!;
-          for (let i = 0; i < maxDrain && !closed; i++) {
+          if (!refill) {
+            refill = true;
+            setImmediate(() => {
+              budget = maxDrain;
+              refill = false;
+            });
+          }
+          for (; budget > 0 && !closed; budget--) {
             let n: number;
             try {
               n = readSync(fd, buf, 0, MAX_DATAGRAM, null);

@@ -58,4 +58,37 @@ describe('multicast UDP sockets', () => {
       other.close();
     }
   });
+
+  it('drains at most maxDrain datagrams per event-loop turn, so timers and other sockets get theirs', async () => {
+    const group = `239.193.${Math.floor(Math.random() * 250)}.${1 + Math.floor(Math.random() * 250)}`;
+    const port = 20000 + Math.floor(Math.random() * 20000);
+    const send = await multicastUdpNetwork().open({ bindAddress: IFACE, port: 0, iface: IFACE, onMessage: () => {} });
+    const maxDrain = 8;
+    let got = 0;
+    let atNextTurn = -1;
+    const rx = await multicastUdpNetwork({ source: send.local, maxDrain }).open({
+      bindAddress: group,
+      port,
+      iface: IFACE,
+      reuseAddr: true,
+      join: group,
+      onMessage: () => {
+        if (got++ === 0) setImmediate(() => (atNextTurn = got));
+      },
+    });
+    try {
+      const n = 400;
+      for (let i = 0; i < n; i++) send.send([datagram(i)], port, group); // all queued before the receiver's turn
+      const until = Date.now() + 5000;
+      while (got < n && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+      expect(got).toBe(n);
+      // One turn: libuv delivers at most 32 'message' events per poll, plus one drain budget.
+      // (With a budget per event instead, one turn took 32 x (1 + 8) = 288 here.)
+      expect(atNextTurn).toBeGreaterThan(0);
+      expect(atNextTurn).toBeLessThanOrEqual(32 + maxDrain);
+    } finally {
+      rx.close();
+      send.close();
+    }
+  });
 });
