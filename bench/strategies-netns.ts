@@ -507,8 +507,12 @@ export async function runNetnsStrategies(
   process.env.VMSCATTER_TOKEN = `bench-${randomBytes(16).toString('hex')}`;
   const run = new NetnsRun(topo, o, log);
   const out: NetnsScenarioResult[] = [];
+  // The TCP strategies behave differently under different congestion control (namespaces take the
+  // host's default): printed with the results. (Here, with BBR, 16 plain TCP streams at once
+  // through the tbf saw a source socket fail with ETIMEDOUT; with cubic they completed.)
+  const cc = (await topo.exec(topo.senderNs, 'cat', ['/proc/sys/net/ipv4/tcp_congestion_control']).catch(() => '?')).trim();
   try {
-    log(`\nlink-bound: namespaces ${prefix}-*, sender link tbf ${o.linkMbit} Mbit/s, MTU ${o.mtu}, ${receivers} receivers\n`);
+    log(`\nlink-bound: namespaces ${prefix}-*, sender link tbf ${o.linkMbit} Mbit/s, MTU ${o.mtu}, ${receivers} receivers, TCP congestion control ${cc}\n`);
     for (const sc of scenarios) {
       log(`\n[netns] ${sc.id}\n`);
       const results: NetnsStrategyResult[] = [];
@@ -539,5 +543,5 @@ export async function runNetnsStrategies(
     run.cleanup();
     await topo.destroy();
   }
-  return { available: true, linkMbit: o.linkMbit, mtu: o.mtu, topology: `sender + ${receivers} receiver namespaces on a bridge (test/netns/topology.sh), sender eth0 tbf ${o.linkMbit}mbit burst 256kb latency 20ms`, scenarios: out };
+  return { available: true, linkMbit: o.linkMbit, mtu: o.mtu, topology: `sender + ${receivers} receiver namespaces on a bridge (test/netns/topology.sh), sender eth0 tbf ${o.linkMbit}mbit burst 256kb latency 20ms, TCP congestion control ${cc}`, scenarios: out };
 }
