@@ -623,7 +623,6 @@ export class ScatterSender {
       const unseen = this.igmpUnseen(next, joined);
       if (unseen.length > 0 && now - next.confirmedAt < (this.o.igmpJoinWaitMs ?? 250)) return;
       next.stats.igmpUnseenAtStart = unseen;
-      this.stats.igmpUnseenAtStart = (this.stats.igmpUnseenAtStart ?? 0) + unseen.length;
     }
     next.joinsConfirmed = joined;
     next.stats.joinsConfirmed = joined;
@@ -982,16 +981,16 @@ export class ScatterSender {
         for (const gid of this.groupAddresses.get(e.group) ?? []) {
           const tx = this.groups.get(gid);
           if (!tx || !tx.members.includes(target) || tx.stats.igmpJoined!.includes(target)) continue;
-          if (type === 'join') {
-            insertSorted(tx.stats.igmpJoined!, target);
-            this.stats.igmpSeen = (this.stats.igmpSeen ?? 0) + 1;
-          } else if (!tx.stats.igmpLeftOnly!.includes(target)) {
-            insertSorted(tx.stats.igmpLeftOnly!, target);
-            this.stats.igmpLeftOnly = (this.stats.igmpLeftOnly ?? 0) + 1;
-          }
+          if (type === 'join') insertSorted(tx.stats.igmpJoined!, target);
+          else if (!tx.stats.igmpLeftOnly!.includes(target)) insertSorted(tx.stats.igmpLeftOnly!, target);
         }
       }
     }
+    // The job's totals are the per-group lists summed.
+    const sum = (list: (g: GroupStats) => number[] | null): number => this.stats.groups.reduce((a, g) => a + (list(g)?.length ?? 0), 0);
+    this.stats.igmpSeen = sum((g) => g.igmpJoined);
+    this.stats.igmpLeftOnly = sum((g) => g.igmpLeftOnly);
+    this.stats.igmpUnseenAtStart = sum((g) => g.igmpUnseenAtStart);
   }
 
   // -------------------------------------------------------------------------------------------
