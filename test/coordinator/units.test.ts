@@ -143,6 +143,12 @@ describe('configuration', () => {
     expect(() => resolveConfig(envConfig({ VMSCATTER_LOG_LEVEL: 'loud' }))).toThrow(/\/log\/level/);
   });
 
+  it('stop-and-copy first is on by default, can be switched off, and takes only a boolean', () => {
+    expect(resolveConfig({}).migration.stopCopyFirst).toBe(true);
+    expect(resolveConfig({ migration: { stopCopyFirst: false } }).migration.stopCopyFirst).toBe(false);
+    expect(() => resolveConfig({ migration: { stopCopyFirst: 'yes' } })).toThrow(/\/migration\/stopCopyFirst/);
+  });
+
   it('parses --fleet sim:key=value into the fleet section', () => {
     expect(parseFleetSpec('sim')).toEqual({});
     expect(parseFleetSpec('sim:vms=3,memoryMiB=32,dirtypagespersec=10')).toEqual({ vms: 3, memoryMiB: 32, dirtyPagesPerSec: 10 });
