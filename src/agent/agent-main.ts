@@ -76,6 +76,7 @@ export async function startAgent(cfg: EvacuationConfig, o: StartAgentOptions = {
       coordinatorGraceMs: CONTROL_DEFAULTS.coordinatorGraceMs,
       ...(cfg.migration.compress === 'lz4' ? { compress: 'lz4' as const } : {}),
       stopCopyFirst: cfg.migration.stopCopyFirst,
+      convergeInTurn: cfg.migration.convergeInTurn,
       scatter: cfg.scatter,
     });
   } else {

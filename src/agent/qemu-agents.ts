@@ -32,6 +32,8 @@ import { epochNowMs, type MigrationHooks, type SourceMigrationResult, type Sourc
 const FINAL_STATES = new Set(['completed', 'failed', 'cancelled']);
 /** query-migrate polls while migrating: a fallback for a MIGRATION event that never comes. */
 const POLL_MS = 250;
+/** When someone follows the passes (MigrationHooks.onPass). */
+const PASS_POLL_MS = 100;
 
 /** QEMU migration parameters; unset ones are QEMU's defaults (128 MiB/s, 300 ms). */
 export interface QemuMigrationParams {
@@ -196,13 +198,21 @@ export class QemuSourceVm implements SourceVm {
 
       await race(g.qmp.execute('migrate', { uri: `unix:${sockPath}` }));
       started = true;
-      // The MIGRATION event ends the wait; polling covers a missed event.
+      // The MIGRATION event ends the wait; polling covers a missed event, and follows the passes
+      // (dirty-sync-count: 1 after setup, while the first pass runs; one more per pass).
+      const onPass = hooks?.onPass;
+      let pass = 0;
       poller = (async () => {
         while (!stopPolling && !failed) {
-          await sleep(POLL_MS);
+          await sleep(onPass ? PASS_POLL_MS : POLL_MS);
           if (stopPolling || failed) return;
-          const s = String((await g.queryMigrate().catch(() => ({ status: 'active' })))['status']);
+          const raw = await g.queryMigrate().catch(() => ({ status: 'active' }) as Record<string, unknown>);
+          const s = String(raw['status']);
           if (FINAL_STATES.has(s)) finalStatus?.(s);
+          else if (onPass && stopEvent === undefined) {
+            const syncs = num(isRecord(raw['ram']) ? raw['ram']['dirty-sync-count'] : 0);
+            if (syncs > pass) onPass((pass = syncs));
+          }
         }
       })();
 

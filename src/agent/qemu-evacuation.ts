@@ -211,6 +211,7 @@ export async function runQemuEvacuation(opts: QemuEvacuationOptions): Promise<Qe
       parallel: cfg.migration.parallel,
       ...(opts.compress ? { compress: opts.compress } : {}),
       stopCopyFirst: cfg.migration.stopCopyFirst,
+      convergeInTurn: cfg.migration.convergeInTurn,
       logger,
       ...(opts.onEvent ? { onEvent: opts.onEvent } : {}),
       ...(opts.signal ? { signal: opts.signal } : {}),

@@ -43,18 +43,22 @@ export class SimSourceVm implements SourceVm {
   }
 
   async migrate(out: Writable, signal: AbortSignal, hooks?: MigrationHooks): Promise<SourceMigrationResult> {
+    let pass = 0;
     let stopped = false;
     const r = await runPrecopy(this.vm, out, {
       maxBandwidthBytesPerSec: this.migration.maxBandwidthBytesPerSec,
       downtimeLimitMs: this.migration.downtimeLimitMs,
       maxRounds: this.migration.maxRounds,
       signal,
-      ...(hooks?.onStopped
+      ...(hooks
         ? {
             onProgress: (p) => {
-              if (p.phase === 'stop-copy' && !stopped) {
+              if (p.phase === 'iterate' && p.round > pass) {
+                pass = p.round;
+                hooks.onPass?.(pass);
+              } else if (p.phase === 'stop-copy' && !stopped) {
                 stopped = true;
-                hooks.onStopped!();
+                hooks.onStopped?.();
               }
             },
           }

@@ -9,7 +9,7 @@ import { ErrorCode, VmsError, isVmsError } from '../errors.js';
 import type { ContentSet } from '../memory/content-set.js';
 import { ConvergeSource, type ContentLookup, type ConvergeSourceStats } from '../transport/converge-source.js';
 import type { SourceVm } from './source-vm.js';
-import type { StopCopyPriority } from './stop-copy-priority.js';
+import type { MigrationPriority } from './migration-priority.js';
 
 export interface VmMigrationReport {
   vm: string;
@@ -37,8 +37,8 @@ export interface MigrateVmOptions {
   logger?: Logger;
   onStats?: (stats: ConvergeSourceStats) => void;
   compress?: 'lz4';
-  /** Stop-and-copy first across the job's concurrent migrations (see StopCopyPriority). */
-  priority?: StopCopyPriority;
+  /** Order among the job's concurrent migrations (see MigrationPriority). */
+  priority?: MigrationPriority;
   /** Stream bytes in flight beyond what the target consumed (ConvergeSourceOptions.windowBytes). */
   windowBytes?: number;
 }
@@ -68,7 +68,8 @@ export async function migrateVm(opts: MigrateVmOptions): Promise<VmMigrationRepo
   conv.result.catch((e: unknown) => local.abort(e));
   const ticker = opts.onStats ? setInterval(() => opts.onStats!(conv.stats), 200) : undefined;
   try {
-    const mig = await vm.migrate(conv, local.signal, opts.priority ? { onStopped: () => opts.priority!.enter(vm.name) } : undefined);
+    const p = opts.priority;
+    const mig = await vm.migrate(conv, local.signal, p ? { onPass: (n) => p.pass(vm.name, n), onStopped: () => p.enter(vm.name) } : undefined);
     const result = await conv.result;
     const resumedAt = result.resumedAtEpochMs ?? NaN;
     log?.info({ rounds: mig.rounds, downtimeMs: resumedAt - mig.stoppedAtEpochMs, ...conv.stats }, 'vm migrated');

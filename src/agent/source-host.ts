@@ -62,6 +62,8 @@ export interface SourceHostOptions {
   compress?: 'lz4';
   /** Hold the job's other VMs' pre-copy while one is stopped (default true). */
   stopCopyFirst?: boolean;
+  /** Once a VM has sent every page once, it has the job's bandwidth until it has moved (default true). */
+  convergeInTurn?: boolean;
   /** Multicast scatter settings (this host's interface); disabled: converge carries every page. */
   scatter?: EvacuationConfig['scatter'];
   /** Finished runs kept for the coordinator to read back (default 200). */
@@ -205,6 +207,7 @@ export class SourceRun {
         : {}),
       ...(host.opts.compress ? { compress: host.opts.compress } : {}),
       ...(host.opts.stopCopyFirst === false ? { stopCopyFirst: false } : {}),
+      ...(host.opts.convergeInTurn === false ? { convergeInTurn: false } : {}),
       ...(req.verify ? { verify: this.verifier(owned) } : {}),
       parallel: req.parallel,
       onEvent: (e) => this.emit(e),

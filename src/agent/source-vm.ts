@@ -17,6 +17,11 @@ export interface SourceVm {
 }
 
 export interface MigrationHooks {
+  /**
+   * A pre-copy pass has started: 1 is the first (every page), 2 and on resend what the guest
+   * dirtied meanwhile (QEMU's dirty-sync-count). Seen late by up to a poll interval on QEMU.
+   */
+  onPass?: (pass: number) => void;
   /** The VM has just stopped for its stop-and-copy: its downtime starts. */
   onStopped?: () => void;
 }

@@ -82,6 +82,7 @@ export async function runSimEvacuation(cfg: EvacuationConfig, opts: SimEvacuatio
       parallel: cfg.migration.parallel,
       ...(cfg.migration.compress === 'lz4' ? { compress: 'lz4' as const } : {}),
       stopCopyFirst: cfg.migration.stopCopyFirst,
+      convergeInTurn: cfg.migration.convergeInTurn,
       logger,
       ...(opts.onEvent ? { onEvent: opts.onEvent } : {}),
       ...(opts.signal ? { signal: opts.signal } : {}),

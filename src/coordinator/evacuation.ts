@@ -11,7 +11,7 @@ import { PAGE_SIZE } from '../memory/page.js';
 import type { FleetTarget, FleetVm, Plan } from '../plan/types.js';
 import { migrateVm, type VmMigrationReport } from '../agent/source-agent.js';
 import type { SourceVm } from '../agent/source-vm.js';
-import { StopCopyPriority } from '../agent/stop-copy-priority.js';
+import { MigrationPriority, type HoldStats } from '../agent/migration-priority.js';
 import { CONVERGE_WINDOW_BYTES, JOB_WINDOW_BYTES, MIN_WINDOW_BYTES } from '../transport/converge-source.js';
 import { Phase, type EventSink } from './events.js';
 
@@ -63,6 +63,11 @@ export interface EvacuationInput {
    * matters only with parallel > 1).
    */
   stopCopyFirst?: boolean;
+  /**
+   * Once a VM has sent every page once, it has the job's bandwidth until it has moved; the others
+   * hold (default true; matters only with parallel > 1). See MigrationPriority.
+   */
+  convergeInTurn?: boolean;
   /**
    * Called before a VM's converge connection opens; the VM waits until it resolves (e.g. for a
    * migration slot under per-host limits). Rejecting fails the VM, which was never touched.
@@ -119,7 +124,9 @@ export interface EvacuationReport {
   plan: Plan['predicted'] & { groups: number };
   scatter?: Omit<ScatterOutcome, 'held'>;
   /** Stop-and-copy first (parallel > 1): pre-copy writes held while another VM was stopped. */
-  stopCopyFirst?: { holds: number; heldMs: number };
+  stopCopyFirst?: HoldStats;
+  /** Converge in turn (parallel > 1): pre-copy writes held while another VM had its turn. */
+  convergeInTurn?: HoldStats;
 }
 
 export async function runEvacuation(input: EvacuationInput): Promise<EvacuationReport> {
@@ -197,9 +204,11 @@ export async function runEvacuation(input: EvacuationInput): Promise<EvacuationR
   // 4. Converge: every VM's own pre-copy through its converge channel, `parallel` at a time.
   const reports = new Map<string, VmMigrationReport>();
   const seen = new ContentSet(index.contentCount);
-  const priority = input.stopCopyFirst !== false && input.parallel > 1 ? new StopCopyPriority() : undefined;
-  // What the other VMs already have in flight still goes ahead of a stopped VM's last bytes: with
-  // the priority, the job's VMs share one in-flight budget instead of a full window each.
+  const stopCopyFirst = input.stopCopyFirst !== false;
+  const convergeInTurn = input.convergeInTurn !== false;
+  const priority = (stopCopyFirst || convergeInTurn) && input.parallel > 1 ? new MigrationPriority({ stopCopyFirst, convergeInTurn }) : undefined;
+  // What the other VMs already have in flight still goes ahead of the VM whose turn it is: with
+  // a priority, the job's VMs share one in-flight budget instead of a full window each.
   const priorityWindow = Math.min(CONVERGE_WINDOW_BYTES, Math.max(MIN_WINDOW_BYTES, Math.floor(JOB_WINDOW_BYTES / input.parallel)));
   const failures = new Map<string, string>();
   await timed(
@@ -301,10 +310,15 @@ export async function runEvacuation(input: EvacuationInput): Promise<EvacuationR
     phasesMs,
     index: index.stats(),
     plan: { ...plan.predicted, groups: plan.groups.length },
-    ...(priority ? { stopCopyFirst: { holds: priority.holds, heldMs: Math.round(priority.heldMs) } } : {}),
+    ...(priority?.stopCopyFirst ? { stopCopyFirst: roundHeld(priority.stats.stopCopyFirst) } : {}),
+    ...(priority?.convergeInTurn ? { convergeInTurn: roundHeld(priority.stats.convergeInTurn) } : {}),
     ...(scatter ? { scatter: { bytesSent: scatter.bytesSent, ...(scatter.bytesReceived !== undefined ? { bytesReceived: scatter.bytesReceived } : {}), datagrams: scatter.datagrams, repairs: scatter.repairs, notes: scatter.notes } } : {}),
   };
   return report;
+}
+
+function roundHeld(s: HoldStats): HoldStats {
+  return { holds: s.holds, heldMs: Math.round(s.heldMs) };
 }
 
 function holdsFromScatter(s: ScatterOutcome, plan: Plan, target: string): number {

@@ -45,7 +45,7 @@ export interface PrecopyOptions {
 
 export interface PrecopyProgress {
   phase: 'iterate' | 'stop-copy' | 'device' | 'done';
-  /** Live pass number (1 = bulk). */
+  /** Live pass number (1 = bulk). Reported once as each pass starts, then as it goes. */
   round: number;
   bytes: number;
   pagesSent: number;
@@ -151,6 +151,7 @@ export async function runPrecopy(vm: SimVm, out: Writable, opts: PrecopyOptions 
       const b0 = w.bytesWritten;
       const p0 = em.pages;
       const z0 = em.zeroPages;
+      progress('iterate', round, passCount);
       await em.sendPass(pass, passCount, SectionType.PART, maxSection, (left) => progress('iterate', round, left));
       em.flush();
       const dt = performance.now() - t0;

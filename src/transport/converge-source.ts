@@ -48,10 +48,12 @@ export interface ConvergeSourceOptions {
   /** Compress DATA frames with LZ4 (pays where the link, not the CPU, is the bottleneck). */
   compress?: 'lz4';
   /**
-   * Stop-and-copy first (StopCopyPriority): asked before each write of the VM's stream; a
-   * promise holds the write (backpressure to the VM's pre-copy) while another VM is stopped.
+   * Order among a job's concurrent migrations (MigrationPriority): asked before each write of the
+   * VM's stream; a promise holds the write (backpressure to the VM's pre-copy) while other VMs
+   * go first. A VM going ahead of the others has a full window (CONVERGE_WINDOW_BYTES) even when
+   * `windowBytes` is its smaller share of the job's budget.
    */
-  priority?: { turn(vm: string): Promise<void> | null };
+  priority?: { turn(vm: string): Promise<void> | null; ahead(vm: string): boolean };
   /**
    * Stream bytes allowed in flight beyond what the target reported CONSUMED (once it reports at
    * all). Socket buffers alone would let megabytes pile up ahead of a slow target QEMU, all of
@@ -68,7 +70,8 @@ export const CONVERGE_WINDOW_BYTES = 1024 * 1024;
 /** The smallest window: four CONSUMED reports' worth (the target reports every 64 KiB). */
 export const MIN_WINDOW_BYTES = 256 * 1024;
 /**
- * In flight for all of a job's concurrent VMs together, with stop-and-copy first: 2 MiB keeps a
+ * In flight for all of a job's concurrent VMs together, with a priority among them (the VM going
+ * ahead of the others has a full window on top): 2 MiB keeps a
  * 250 Mbit/s link with a 28 ms round trip busy (its bandwidth-delay product is 0.9 MB).
  */
 export const JOB_WINDOW_BYTES = 2 * 1024 * 1024;
@@ -284,7 +287,9 @@ export class ConvergeSource extends Writable {
   }
 
   private windowShut(): boolean {
-    return this.consumed >= 0 && this.stats.streamBytes - this.consumed > this.windowBytes;
+    if (this.consumed < 0) return false;
+    const window = this.opts.priority?.ahead(this.opts.vm) ? Math.max(this.windowBytes, CONVERGE_WINDOW_BYTES) : this.windowBytes;
+    return this.stats.streamBytes - this.consumed > window;
   }
 
   /** The socket needs draining, or the target is a window behind. */

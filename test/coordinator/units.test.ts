@@ -149,6 +149,12 @@ describe('configuration', () => {
     expect(() => resolveConfig({ migration: { stopCopyFirst: 'yes' } })).toThrow(/\/migration\/stopCopyFirst/);
   });
 
+  it('converge in turn is on by default, can be switched off, and takes only a boolean', () => {
+    expect(resolveConfig({}).migration.convergeInTurn).toBe(true);
+    expect(resolveConfig({ migration: { convergeInTurn: false } }).migration.convergeInTurn).toBe(false);
+    expect(() => resolveConfig({ migration: { convergeInTurn: 1 } })).toThrow(/\/migration\/convergeInTurn/);
+  });
+
   it('parses --fleet sim:key=value into the fleet section', () => {
     expect(parseFleetSpec('sim')).toEqual({});
     expect(parseFleetSpec('sim:vms=3,memoryMiB=32,dirtypagespersec=10')).toEqual({ vms: 3, memoryMiB: 32, dirtyPagesPerSec: 10 });

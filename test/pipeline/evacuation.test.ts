@@ -5,7 +5,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { SimSourceVm, SimTargetHost, verifySimVm } from '../../src/agent/sim-agents.js';
 import { migrateVm } from '../../src/agent/source-agent.js';
 import type { SourceVm } from '../../src/agent/source-vm.js';
-import { StopCopyPriority } from '../../src/agent/stop-copy-priority.js';
+import { MigrationPriority, TURN_AFTER_PASSES } from '../../src/agent/migration-priority.js';
 import { TargetAgent } from '../../src/agent/target-agent.js';
 import { resolveConfig } from '../../src/config.js';
 import { demoConfig, runSimEvacuation } from '../../src/cli/demo-command.js';
@@ -166,7 +166,7 @@ describe('evacuation pipeline (simulated VMs, loopback)', () => {
     // a first pass of 2.7 s) is still in pre-copy all that time. Sampled 0.3 s and 0.9 s after A
     // stopped, B's stream must not have advanced with the priority, and must have without it.
     const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-    const run = async (priority: StopCopyPriority | undefined): Promise<{ advanced: number }> => {
+    const run = async (priority: MigrationPriority | undefined): Promise<{ advanced: number }> => {
       const [a, b] = fleet(2, 16, 11, { ...MIGRATION, maxBandwidthBytesPerSec: 6 * 1024 * 1024 });
       const fastA = new SimSourceVm(a!.spec, MIGRATION);
       cleanups.push(() => fastA.vm.stop());
@@ -204,10 +204,69 @@ describe('evacuation pipeline (simulated VMs, loopback)', () => {
       expect(verifySimVm(b!, t.host)).toEqual({ verified: true });
       return { advanced };
     };
-    const priority = new StopCopyPriority();
+    const priority = new MigrationPriority({ convergeInTurn: false });
     expect((await run(priority)).advanced).toBe(0);
-    expect(priority.holds).toBeGreaterThan(0);
+    expect(priority.stats.stopCopyFirst.holds).toBeGreaterThan(0);
     expect((await run(undefined)).advanced).toBeGreaterThan(1024 * 1024);
+  });
+
+  it("converge in turn: while a VM that does not converge has its turn, another VM is held, and both rebuild exactly", async () => {
+    // A (8 MiB/s, a 2 MiB working set dirtied at 16 MB/s) cannot converge and iterates until its
+    // round limit (8 passes, ~0.25 s each after the first); B (2 MiB/s,
+    // a first pass of ~2.7 s, then a stop-and-copy within its 2 s limit) is still in its first
+    // pass when A's pass TURN_AFTER_PASSES + 1 starts. Sampled 0.2 s and 0.8 s after that, B's
+    // stream must not have advanced with the priority, and must have without it.
+    const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+    const run = async (priority: MigrationPriority | undefined): Promise<{ advanced: number; aRounds: number; passes: number[]; stoppedAfter: number }> => {
+      const [a, b] = fleet(2, 16, 13, { ...MIGRATION, maxBandwidthBytesPerSec: 2 * 1024 * 1024, downtimeLimitMs: 2000 });
+      const slowA = new SimSourceVm({ ...a!.spec, dirtyPagesPerSec: 4000 }, { maxBandwidthBytesPerSec: 8 * 1024 * 1024, downtimeLimitMs: 1, maxRounds: 8 });
+      cleanups.push(() => slowA.vm.stop());
+      const t = await targetAgent(`t-turn-${priority ? 'prio' : 'plain'}`);
+      let bStats: ConvergeSourceStats | undefined;
+      let turnAt = -1;
+      const passes: number[] = [];
+      let stoppedAfter = -1;
+      const watchedA: SourceVm = {
+        name: slowA.name,
+        memoryBytes: slowA.memoryBytes,
+        ram: slowA.ram,
+        resume: () => slowA.resume(),
+        migrate: (out, signal, hooks) =>
+          slowA.migrate(out, signal, {
+            onPass: (n) => {
+              passes.push(n);
+              if (n === TURN_AFTER_PASSES + 1) turnAt = performance.now();
+              hooks?.onPass?.(n);
+            },
+            onStopped: () => {
+              stoppedAfter = passes.length;
+              hooks?.onStopped?.();
+            },
+          }),
+      };
+      const job = `turn-${priority ? 'on' : 'off'}`;
+      const both = Promise.all([
+        migrateVm({ vm: watchedA, target: t.addr, job, ...(priority ? { priority } : {}) }),
+        migrateVm({ vm: b!, target: t.addr, job, onStats: (st) => (bStats ??= st), ...(priority ? { priority } : {}) }),
+      ]);
+      while (turnAt < 0) await sleep(10);
+      await sleep(200);
+      const at200 = bStats!.streamBytes;
+      await sleep(600);
+      const advanced = bStats!.streamBytes - at200;
+      const [ra] = await both;
+      expect(verifySimVm(slowA, t.host)).toEqual({ verified: true });
+      expect(verifySimVm(b!, t.host)).toEqual({ verified: true });
+      return { advanced, aRounds: ra.rounds, passes, stoppedAfter };
+    };
+    const priority = new MigrationPriority({ stopCopyFirst: false });
+    const on = await run(priority);
+    expect(on.passes).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
+    expect(on.stoppedAfter).toBe(8);
+    expect(on.aRounds).toBe(8);
+    expect(on.advanced).toBe(0);
+    expect(priority.stats.convergeInTurn.holds).toBeGreaterThan(0);
+    expect((await run(undefined)).advanced).toBeGreaterThan(512 * 1024);
   });
 
   it('an unreachable target agent is a clear error and the source keeps running', async () => {

@@ -7,8 +7,10 @@ import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
+import { Writable } from 'node:stream';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { QemuSourceVm } from '../../src/agent/qemu-agents.js';
 import { ErrorCode, VmsError } from '../../src/errors.js';
 import { buildGuest, DEFAULT_WORKLOAD, parseTicks, READY_RE, SHARED_LINE, TICK_RE, workloadAppend, type GuestImage } from '../../src/qemu/guest-builder.js';
 import { killAllGuests, launchGuest, QEMU_DEFAULTS, TCG_RAM_PAD_KIB, type QemuGuest } from '../../src/qemu/launcher.js';
@@ -212,6 +214,41 @@ describe.skipIf(!run).sequential('QEMU guest and live migration', () => {
     expect(await g.status()).toBe('running');
     expect(['cancelled', 'failed']).toContain(String((await g.queryMigrate())['status']));
   }, 60_000);
+
+  it("the source agent follows QEMU's pre-copy passes (dirty-sync-count) while it migrates", async () => {
+    // A guest rewriting 4 MiB every ~0.1 s against 16 MiB/s and a 1 ms downtime limit never
+    // converges: QEMU iterates until the agent's timeout cancels it, and the guest runs on.
+    const g = await launchGuest({
+      name: 'dirtier',
+      image,
+      memoryMiB: MEM,
+      append: workloadAppend({ zeroMiB: 1, sharedMiB: 1, uniqueMiB: 1, dirtyMiB: 4, dirtyPagesPerTick: 1024, tickIntervalSec: 0.1 }),
+      sharedRam: true,
+    });
+    try {
+      await g.waitForSerial(TICK_RE, 60_000);
+      const vm = new QemuSourceVm(g, { maxBandwidth: 16 * MiB, downtimeLimitMs: 1, timeoutMs: 5000 });
+      let bytes = 0;
+      const out = new Writable({
+        write(chunk: Buffer, _enc, cb) {
+          bytes += chunk.length;
+          cb();
+        },
+      });
+      const passes: number[] = [];
+      const err = await vm.migrate(out, new AbortController().signal, { onPass: (n) => passes.push(n) }).catch((e: unknown) => e);
+      console.log(`passes seen: ${passes.join(' ')}; ${(bytes / 1e6).toFixed(1)} MB`);
+      expect((err as VmsError).code).toBe(ErrorCode.TIMEOUT);
+      expect(passes[0]).toBe(1);
+      expect(passes.length).toBeGreaterThanOrEqual(3);
+      for (let i = 1; i < passes.length; i++) expect(passes[i]!).toBeGreaterThan(passes[i - 1]!);
+      const ram = vm.lastMigration!.queryMigrate['ram'] as Record<string, number> | undefined;
+      if (ram) expect(passes.at(-1)!).toBeLessThanOrEqual(ram['dirty-sync-count']!);
+      expect(await g.status()).toBe('running');
+    } finally {
+      await g.dispose();
+    }
+  }, 90_000);
 
   it('a migration to nowhere fails with a QEMU-coded error', async () => {
     const g = target!;
