@@ -29,7 +29,7 @@ import { launchQemuFleet, runQemuEvacuation, QEMU_FLEET_DEFAULTS } from '../src/
 import { machineOptions, type LaunchedGuest } from '../src/agent/qemu-agents.js';
 import { QEMU_DEFAULT_MAX_BANDWIDTH } from '../src/config.js';
 import { ErrorCode, VmsError } from '../src/errors.js';
-import { buildGuest, DEFAULT_WORKLOAD, parseTicks, TICK_RE } from '../src/qemu/guest-builder.js';
+import { buildGuest, checkWorkloadFits, DEFAULT_WORKLOAD, parseTicks, TICK_RE, type WorkloadParams } from '../src/qemu/guest-builder.js';
 import { checkQemu, launchGuest, type LaunchOptions } from '../src/qemu/launcher.js';
 
 /** downtime-limit for both ways (QEMU's default is 300 ms; see the header). */
@@ -195,20 +195,22 @@ function qemuVersion(): string {
   }
 }
 
-export async function runQemuBench(opts: { quick: boolean; json: boolean }): Promise<Record<string, unknown>> {
+export async function runQemuBench(opts: { quick: boolean; json: boolean; workload?: Partial<WorkloadParams> }): Promise<Record<string, unknown>> {
   const log = (m: string): void => void process.stderr.write(`${m}\n`);
   const q = await checkQemu();
   if (!q.ok) throw new VmsError(ErrorCode.CONFIG, `bench qemu needs QEMU: ${q.reason ?? 'not found'}`);
   const vms = QEMU_FLEET_DEFAULTS.vms;
   const memoryMiB = QEMU_FLEET_DEFAULTS.memoryMiB;
+  const workload: WorkloadParams = { ...DEFAULT_WORKLOAD, ...opts.workload };
+  checkWorkloadFits(workload, memoryMiB);
   const order: QemuBenchWay[] = opts.quick ? [...WAYS] : [...WAYS, ...[...WAYS].reverse()];
   const started = new Date();
   const image = await buildGuest({ log });
-  log(`bench qemu: ${vms} guests x ${memoryMiB} MiB (kernel ${image.kernelId}), rounds ${order.join(', ')}; booting`);
+  log(`bench qemu: ${vms} guests x ${memoryMiB} MiB (kernel ${image.kernelId}), workload ${JSON.stringify(workload)}, rounds ${order.join(', ')}; booting`);
   const owned = new Set<LaunchedGuest>();
   const rounds: RoundResult[] = [];
   try {
-    let current = await launchQemuFleet({ image, vms, memoryMiB });
+    let current = await launchQemuFleet({ image, vms, memoryMiB, workload });
     for (const g of current) owned.add(g);
     for (const way of order) {
       log(`round ${rounds.length + 1}: ${way}`);
@@ -243,7 +245,7 @@ export async function runQemuBench(opts: { quick: boolean; json: boolean }): Pro
   };
   const result = {
     bench: 'qemu',
-    command: `vmscatter bench qemu${opts.quick ? ' --quick' : ''}${opts.json ? ' --json' : ''}`,
+    command: `vmscatter bench qemu${opts.quick ? ' --quick' : ''}${opts.json ? ' --json' : ''}${opts.workload ? ` --workload ${Object.entries(opts.workload).map(([k, v]) => `${k}=${v}`).join(',')}` : ''}`,
     date: started.toISOString(),
     ok: rounds.every((r) => r.ok),
     bytesRatio,
@@ -258,7 +260,7 @@ export async function runQemuBench(opts: { quick: boolean; json: boolean }): Pro
       memoryMiB,
       targets: QEMU_FLEET_DEFAULTS.targets,
       parallel: QEMU_FLEET_DEFAULTS.parallel,
-      workload: DEFAULT_WORKLOAD,
+      workload,
       kernel: image.kernelId,
       accel: 'tcg',
       maxBandwidthBytesPerSec: QEMU_DEFAULT_MAX_BANDWIDTH,

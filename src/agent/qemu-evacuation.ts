@@ -16,7 +16,7 @@ import { createPlanner } from '../coordinator/planner.js';
 import { runEvacuation, type EvacuationReport, type EvacuationTarget } from '../coordinator/evacuation.js';
 import type { EventSink } from '../coordinator/events.js';
 import { ErrorCode, VmsError } from '../errors.js';
-import { buildGuest, parseTicks, TICK_RE, workloadAppend, type GuestImage, type Tick, type WorkloadParams } from '../qemu/guest-builder.js';
+import { buildGuest, checkWorkloadFits, parseTicks, TICK_RE, workloadAppend, type GuestImage, type Tick, type WorkloadParams } from '../qemu/guest-builder.js';
 import { launchGuest, type QemuGuest } from '../qemu/launcher.js';
 import { QemuSourceVm, QemuTargetHost, type LaunchedGuest, type QemuMigrationParams } from './qemu-agents.js';
 import { TargetAgent } from './target-agent.js';
@@ -52,9 +52,10 @@ export interface QemuFleetOptions {
  * ticks. On failure every guest started here is disposed.
  */
 export async function launchQemuFleet(opts: QemuFleetOptions = {}): Promise<LaunchedGuest[]> {
+  const append = workloadAppend(opts.workload);
+  checkWorkloadFits(opts.workload ?? {}, opts.memoryMiB ?? QEMU_FLEET_DEFAULTS.memoryMiB);
   const image = opts.image ?? (await buildGuest(opts.log ? { log: opts.log } : {}));
   const n = opts.vms ?? QEMU_FLEET_DEFAULTS.vms;
-  const append = workloadAppend(opts.workload);
   const launches = Array.from({ length: n }, (_, i) => ({
     image,
     append,

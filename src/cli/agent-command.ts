@@ -5,6 +5,7 @@
 import { envConfig, FleetSchema, mergeConfig, readConfigFile, resolveConfig, type EvacuationConfig } from '../config.js';
 import { ErrorCode, VmsError } from '../errors.js';
 import { startAgent } from '../agent/agent-main.js';
+import { parseNumberPairs } from './key-values.js';
 import { untilSignal } from './coordinator-command.js';
 
 export interface AgentFlags {
@@ -32,16 +33,7 @@ const FLEET_KEYS = Object.keys(FleetSchema.properties);
 export function parseFleetSpec(spec: string): Record<string, number> {
   const m = /^sim(?::(.*))?$/.exec(spec.trim());
   if (!m) throw new VmsError(ErrorCode.CONFIG, `--fleet must be "sim" or "sim:key=value,...", got "${spec}"; keys: ${FLEET_KEYS.join(', ')}`);
-  const out: Record<string, number> = {};
-  for (const part of (m[1] ?? '').split(',').filter(Boolean)) {
-    const [k, v, ...rest] = part.split('=');
-    const key = FLEET_KEYS.find((x) => x.toLowerCase() === (k ?? '').trim().toLowerCase());
-    if (!key || v === undefined || rest.length) throw new VmsError(ErrorCode.CONFIG, `--fleet: "${part}" is not key=value with a key among ${FLEET_KEYS.join(', ')}`);
-    const n = Number(v);
-    if (!Number.isFinite(n)) throw new VmsError(ErrorCode.CONFIG, `--fleet: ${key} must be a number, got "${v}"`);
-    out[key] = n;
-  }
-  return out;
+  return parseNumberPairs(m[1] ?? '', FLEET_KEYS, '--fleet');
 }
 
 export function agentConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = process.env): EvacuationConfig {

@@ -5,6 +5,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ErrorCode, VmsError } from '../errors.js';
+import type { WorkloadParams } from '../qemu/guest-builder.js';
 
 export interface BenchOptions {
   quick: boolean;
@@ -13,6 +14,8 @@ export interface BenchOptions {
   netns?: boolean;
   /** strategies --netns: the sender's link rate, Mbit/s. */
   linkMbit?: number;
+  /** qemu: the guests' workload instead of DEFAULT_WORKLOAD. */
+  workload?: Partial<WorkloadParams>;
 }
 
 

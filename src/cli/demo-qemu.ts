@@ -5,15 +5,19 @@
  * uniq_md5, and removes every QEMU and file it made. Needs qemu-system-x86_64 and busybox-static.
  */
 import { cpus, totalmem } from 'node:os';
-import { describeCheck, runQemuDemo, type QemuDemoResult } from '../agent/qemu-evacuation.js';
+import { describeCheck, QEMU_FLEET_DEFAULTS, runQemuDemo, type QemuDemoResult } from '../agent/qemu-evacuation.js';
+import { checkWorkloadFits, workloadAppend } from '../qemu/guest-builder.js';
 import { mergeConfig, resolveConfig } from '../config.js';
 import { checkQemu } from '../qemu/launcher.js';
+import { parseWorkloadSpec } from './key-values.js';
 import { ErrorCode, VmsError } from '../errors.js';
 import { formatSummary } from './demo-command.js';
 import { createProgressView } from './progress.js';
 
 export interface DemoQemuFlags {
   json?: boolean;
+  /** The guests' workload (`key=value,...`, keys WORKLOAD_KEYS); default DEFAULT_WORKLOAD. */
+  workload?: string;
   /** Guests (default 3). */
   vms?: number;
   /** Guest RAM, MiB (default 256). */
@@ -37,6 +41,9 @@ export interface DemoQemuFlags {
 export async function demoQemuCommand(flags: DemoQemuFlags): Promise<QemuDemoResult> {
   // The migration flags are the simulated demo's: the same schema checks them, before anything starts.
   resolveConfig(mergeConfig({}, { migration: { maxBandwidthMiBps: flags.maxBandwidthMibps, downtimeLimitMs: flags.downtimeLimitMs } }), 'command-line flags');
+  const workload = flags.workload !== undefined ? parseWorkloadSpec(flags.workload) : undefined;
+  workloadAppend(workload);
+  checkWorkloadFits(workload ?? {}, flags.memoryMib ?? QEMU_FLEET_DEFAULTS.memoryMiB);
   const q = await checkQemu();
   if (!q.ok) throw new VmsError(ErrorCode.CONFIG, `demo --qemu needs QEMU: ${q.reason ?? 'qemu-system-x86_64 not found'}`);
   const MiB = 1024 * 1024;
@@ -50,6 +57,7 @@ export async function demoQemuCommand(flags: DemoQemuFlags): Promise<QemuDemoRes
       ...(flags.vms !== undefined ? { vms: flags.vms } : {}),
       ...(flags.memoryMib !== undefined ? { memoryMiB: flags.memoryMib } : {}),
       ...(flags.targets !== undefined ? { targets: flags.targets } : {}),
+      ...(workload !== undefined ? { workload } : {}),
       migration: {
         ...(flags.maxBandwidthMibps !== undefined ? { maxBandwidth: flags.maxBandwidthMibps * MiB } : {}),
         ...(flags.downtimeLimitMs !== undefined ? { downtimeLimitMs: flags.downtimeLimitMs } : {}),

@@ -7,6 +7,10 @@ import { ErrorCode, isVmsError, VmsError } from '../errors.js';
 import { demoCommand } from './demo-command.js';
 import { benchCommand, BENCH_SUITES } from './bench-command.js';
 import { registerServiceCommands } from './service-commands.js';
+import { parseWorkloadSpec, WORKLOAD_KEYS } from './key-values.js';
+import { DEFAULT_WORKLOAD, type WorkloadParams } from '../qemu/guest-builder.js';
+
+const WORKLOAD_HELP = `${WORKLOAD_KEYS.join(', ')}; default ${WORKLOAD_KEYS.map((k) => `${k}=${DEFAULT_WORKLOAD[k]}`).join(',')}`;
 
 const program = new Command();
 program
@@ -33,8 +37,10 @@ program
   .option('--no-scatter', 'skip the multicast scatter (converge-only dedup)')
   .addOption(new Option('--strategy <name>', 'placement strategy').choices(['graph', 'greedy', 'round-robin']))
   .option('--qemu', 'real QEMU guests (built from Debian packages; needs qemu-system-x86) instead of simulated VMs')
+  .option('--workload <spec>', `with --qemu: the guests' workload, key=value,... (${WORKLOAD_HELP})`)
   .option('--log-level <level>', 'pino log level on stderr', 'warn')
   .action(async (opts) => {
+    if (opts.workload !== undefined && !opts.qemu) throw new VmsError(ErrorCode.CONFIG, '--workload sets the QEMU guests\' workload: it needs --qemu (simulated VMs take --dirty-rate and the fleet config)');
     if (opts.qemu) {
       const { demoQemuCommand } = await import('./demo-qemu.js');
       await demoQemuCommand(opts);
@@ -51,14 +57,26 @@ program
   .option('--json', 'print the results as one JSON object on stdout')
   .option('--netns', 'strategies: also run link-bound, as processes on a network-namespace topology (root)')
   .option('--link-mbit <n>', "strategies --netns: the sender's link rate in Mbit/s (default 250)")
-  .action(async (suite: string, opts: { quick?: boolean; json?: boolean; netns?: boolean; linkMbit?: string }) => {
+  .option('--workload <spec>', `qemu: the guests' workload, key=value,... (${WORKLOAD_HELP})`)
+  .action(async (suite: string, opts: { quick?: boolean; json?: boolean; netns?: boolean; linkMbit?: string; workload?: string }) => {
     let linkMbit: number | undefined;
     if (opts.linkMbit !== undefined) {
       linkMbit = Number(opts.linkMbit);
       if (!Number.isFinite(linkMbit) || linkMbit <= 0) throw new VmsError(ErrorCode.CONFIG, `--link-mbit must be a positive number of Mbit/s, got "${opts.linkMbit}"`);
       if (opts.netns !== true) throw new VmsError(ErrorCode.CONFIG, '--link-mbit needs --netns');
     }
-    await benchCommand(suite, { quick: opts.quick === true, json: opts.json === true, ...(opts.netns === true ? { netns: true } : {}), ...(linkMbit !== undefined ? { linkMbit } : {}) });
+    let workload: Partial<WorkloadParams> | undefined;
+    if (opts.workload !== undefined) {
+      if (suite !== 'qemu') throw new VmsError(ErrorCode.CONFIG, `--workload is for bench qemu (the guests' workload), not bench ${suite}`);
+      workload = parseWorkloadSpec(opts.workload);
+    }
+    await benchCommand(suite, {
+      quick: opts.quick === true,
+      json: opts.json === true,
+      ...(opts.netns === true ? { netns: true } : {}),
+      ...(linkMbit !== undefined ? { linkMbit } : {}),
+      ...(workload !== undefined ? { workload } : {}),
+    });
   });
 
 // coordinator, agent, evacuate, plan, jobs, cancel, agents

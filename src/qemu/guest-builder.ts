@@ -45,6 +45,27 @@ export const DEFAULT_WORKLOAD: WorkloadParams = {
   tickIntervalSec: 0.5,
 };
 
+/**
+ * MiB of guest RAM the workload's regions may not use: the kernel and its allocations, the
+ * initramfs (unpacked) and the shell, which must fit beside the regions' tmpfs.
+ */
+export const GUEST_OS_MIB = 64;
+
+/**
+ * Throws a CONFIG error naming the shortfall when the workload's regions (zero, shared, unique
+ * and dirty, all kept in a tmpfs) and the guest's own GUEST_OS_MIB do not fit in `memoryMiB`.
+ */
+export function checkWorkloadFits(params: Partial<WorkloadParams>, memoryMiB: number): void {
+  const p = { ...DEFAULT_WORKLOAD, ...params };
+  const regions = p.zeroMiB + p.sharedMiB + p.uniqueMiB + p.dirtyMiB;
+  if (regions + GUEST_OS_MIB > memoryMiB) {
+    throw new VmsError(
+      ErrorCode.CONFIG,
+      `the workload's regions (${p.zeroMiB} zero + ${p.sharedMiB} shared + ${p.uniqueMiB} unique + ${p.dirtyMiB} dirty = ${regions} MiB) and ${GUEST_OS_MIB} MiB for the guest's kernel and shell need ${regions + GUEST_OS_MIB} MiB; the guests have ${memoryMiB} MiB`,
+    );
+  }
+}
+
 /** Kernel command line for a guest running the workload (serial console, no reboot loop). */
 export function workloadAppend(params: Partial<WorkloadParams> = {}): string {
   const p = { ...DEFAULT_WORKLOAD, ...params };

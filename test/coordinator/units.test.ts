@@ -13,6 +13,8 @@ import { decodeContents, encodeContents } from '../../src/coordinator/fleet-wire
 import { MigrationSlots } from '../../src/coordinator/migration-slots.js';
 import { FileStateStore } from '../../src/coordinator/state-store.js';
 import { agentConfig, parseFleetSpec } from '../../src/cli/agent-command.js';
+import { parseWorkloadSpec } from '../../src/cli/key-values.js';
+import { checkWorkloadFits, GUEST_OS_MIB } from '../../src/qemu/guest-builder.js';
 import { coordinatorConfig } from '../../src/cli/coordinator-command.js';
 
 const silent = pino({ level: 'silent' });
@@ -161,6 +163,18 @@ describe('configuration', () => {
     expect(() => parseFleetSpec('qemu:x')).toThrow(/"sim" or "sim:key=value/);
     expect(() => parseFleetSpec('sim:color=red')).toThrow(/key among vms, memoryMiB/);
     expect(() => parseFleetSpec('sim:vms=many')).toThrow(/vms must be a number/);
+    expect(() => parseFleetSpec('sim:vms=')).toThrow(/vms must be a number/);
+  });
+
+  it('parses --workload key=value into QEMU guest workload parameters, and checks they fit the guest', () => {
+    expect(parseWorkloadSpec('uniqueMiB=64,dirtypagespertick=256,tickIntervalSec=0.2')).toEqual({ uniqueMiB: 64, dirtyPagesPerTick: 256, tickIntervalSec: 0.2 });
+    expect(() => parseWorkloadSpec('')).toThrow(/--workload needs key=value/);
+    expect(() => parseWorkloadSpec('vms=3')).toThrow(/key among zeroMiB, sharedMiB, uniqueMiB, dirtyMiB, dirtyPagesPerTick, tickIntervalSec/);
+    expect(() => parseWorkloadSpec('uniqueMiB=lots')).toThrow(/uniqueMiB must be a number/);
+    // Defaults: 8 + 16 + 16 + 4 = 44 MiB of regions.
+    expect(() => checkWorkloadFits({}, 44 + GUEST_OS_MIB)).not.toThrow();
+    expect(() => checkWorkloadFits({}, 43 + GUEST_OS_MIB)).toThrow(/= 44 MiB\) and 64 MiB .* need 108 MiB; the guests have 107 MiB/);
+    expect(() => checkWorkloadFits({ uniqueMiB: 200 }, 256)).toThrow(/200 unique/);
     const cfg = agentConfig({ role: 'source', fleet: 'sim:vms=3,memoryMiB=32', register: true }, { VMSCATTER_TOKEN: 'x'.repeat(16) });
     expect(cfg.fleet).toMatchObject({ vms: 3, memoryMiB: 32, tenants: 2 });
     expect(cfg.agent).toMatchObject({ role: 'source', register: true, listen: '127.0.0.1:7401' });
