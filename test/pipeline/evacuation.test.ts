@@ -3,7 +3,7 @@ import { createServer, connect, type AddressInfo, type Server, type Socket } fro
 import { promisify } from 'node:util';
 import { afterEach, describe, expect, it } from 'vitest';
 import { SimSourceVm, SimTargetHost, verifySimVm } from '../../src/agent/sim-agents.js';
-import { migrateVm } from '../../src/agent/source-agent.js';
+import { migrateVm, type VmMigrationReport } from '../../src/agent/source-agent.js';
 import type { SourceVm } from '../../src/agent/source-vm.js';
 import { MigrationPriority, TURN_AFTER_PASSES } from '../../src/agent/migration-priority.js';
 import { TargetAgent } from '../../src/agent/target-agent.js';
@@ -33,6 +33,39 @@ async function targetAgent(name: string): Promise<{ agent: TargetAgent; host: Si
   const a = await agent.listen();
   cleanups.push(() => agent.close());
   return { agent, host, addr: { name, ...a } };
+}
+
+/**
+ * Migrates `a` (wrapping the simulated `simA`) and `b` side by side to `t`, with `priority` if
+ * given; once `ready()` holds, measures how many stream bytes B's converge source took between
+ * `fromMs` and `fromMs` + 600 ms later. Both VMs must rebuild exactly.
+ */
+async function sideBySide(o: {
+  a: SourceVm;
+  simA: SimSourceVm;
+  b: SimSourceVm;
+  t: { host: SimTargetHost; addr: { name: string; host: string; port: number } };
+  job: string;
+  priority: MigrationPriority | undefined;
+  ready: () => boolean;
+  fromMs: number;
+}): Promise<{ advanced: number; a: VmMigrationReport }> {
+  const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+  const prio = o.priority ? { priority: o.priority } : {};
+  let bStats: ConvergeSourceStats | undefined;
+  const both = Promise.all([
+    migrateVm({ vm: o.a, target: o.t.addr, job: o.job, ...prio }),
+    migrateVm({ vm: o.b, target: o.t.addr, job: o.job, onStats: (st) => (bStats ??= st), ...prio }),
+  ]);
+  while (!o.ready()) await sleep(10);
+  await sleep(o.fromMs);
+  const from = bStats!.streamBytes;
+  await sleep(600);
+  const advanced = bStats!.streamBytes - from;
+  const [ra] = await both;
+  expect(verifySimVm(o.simA, o.t.host)).toEqual({ verified: true });
+  expect(verifySimVm(o.b, o.t.host)).toEqual({ verified: true });
+  return { advanced, a: ra };
 }
 
 /** A TCP relay that lets a test damage or cut the traffic from source to target. */
@@ -171,7 +204,6 @@ describe('evacuation pipeline (simulated VMs, loopback)', () => {
       const fastA = new SimSourceVm(a!.spec, MIGRATION);
       cleanups.push(() => fastA.vm.stop());
       const t = await targetAgent(`t-${priority ? 'prio' : 'plain'}`);
-      let bStats: ConvergeSourceStats | undefined;
       let stoppedAt = -1;
       const slowLeaving: SourceVm = {
         name: fastA.name,
@@ -189,19 +221,7 @@ describe('evacuation pipeline (simulated VMs, loopback)', () => {
           return r;
         },
       };
-      const job = `prio-${priority ? 'on' : 'off'}`;
-      const both = Promise.all([
-        migrateVm({ vm: slowLeaving, target: t.addr, job, ...(priority ? { priority } : {}) }),
-        migrateVm({ vm: b!, target: t.addr, job, onStats: (st) => (bStats ??= st), ...(priority ? { priority } : {}) }),
-      ]);
-      while (stoppedAt < 0) await sleep(10);
-      await sleep(300);
-      const at300 = bStats!.streamBytes;
-      await sleep(600);
-      const advanced = bStats!.streamBytes - at300;
-      await both;
-      expect(verifySimVm(fastA, t.host)).toEqual({ verified: true });
-      expect(verifySimVm(b!, t.host)).toEqual({ verified: true });
+      const { advanced } = await sideBySide({ a: slowLeaving, simA: fastA, b: b!, t, job: `prio-${priority ? 'on' : 'off'}`, priority, ready: () => stoppedAt >= 0, fromMs: 300 });
       return { advanced };
     };
     const priority = new MigrationPriority({ convergeInTurn: false });
@@ -216,13 +236,11 @@ describe('evacuation pipeline (simulated VMs, loopback)', () => {
     // a first pass of ~2.7 s, then a stop-and-copy within its 2 s limit) is still in its first
     // pass when A's pass TURN_AFTER_PASSES + 1 starts. Sampled 0.2 s and 0.8 s after that, B's
     // stream must not have advanced with the priority, and must have without it.
-    const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
     const run = async (priority: MigrationPriority | undefined): Promise<{ advanced: number; aRounds: number; passes: number[]; stoppedAfter: number }> => {
       const [a, b] = fleet(2, 16, 13, { ...MIGRATION, maxBandwidthBytesPerSec: 2 * 1024 * 1024, downtimeLimitMs: 2000 });
       const slowA = new SimSourceVm({ ...a!.spec, dirtyPagesPerSec: 4000 }, { maxBandwidthBytesPerSec: 8 * 1024 * 1024, downtimeLimitMs: 1, maxRounds: 8 });
       cleanups.push(() => slowA.vm.stop());
       const t = await targetAgent(`t-turn-${priority ? 'prio' : 'plain'}`);
-      let bStats: ConvergeSourceStats | undefined;
       let turnAt = -1;
       const passes: number[] = [];
       let stoppedAfter = -1;
@@ -244,19 +262,7 @@ describe('evacuation pipeline (simulated VMs, loopback)', () => {
             },
           }),
       };
-      const job = `turn-${priority ? 'on' : 'off'}`;
-      const both = Promise.all([
-        migrateVm({ vm: watchedA, target: t.addr, job, ...(priority ? { priority } : {}) }),
-        migrateVm({ vm: b!, target: t.addr, job, onStats: (st) => (bStats ??= st), ...(priority ? { priority } : {}) }),
-      ]);
-      while (turnAt < 0) await sleep(10);
-      await sleep(200);
-      const at200 = bStats!.streamBytes;
-      await sleep(600);
-      const advanced = bStats!.streamBytes - at200;
-      const [ra] = await both;
-      expect(verifySimVm(slowA, t.host)).toEqual({ verified: true });
-      expect(verifySimVm(b!, t.host)).toEqual({ verified: true });
+      const { advanced, a: ra } = await sideBySide({ a: watchedA, simA: slowA, b: b!, t, job: `turn-${priority ? 'on' : 'off'}`, priority, ready: () => turnAt >= 0, fromMs: 200 });
       return { advanced, aRounds: ra.rounds, passes, stoppedAfter };
     };
     const priority = new MigrationPriority({ stopCopyFirst: false });
