@@ -20,5 +20,5 @@ COPY config ./config
 RUN mkdir -p /var/lib/vmscatter && chown node:node /var/lib/vmscatter
 USER node
 EXPOSE 7400 7401 7402
-ENTRYPOINT ["node", "bin/vmscatter.js"]
+ENTRYPOINT ["node", "--initial-old-space-size=256", "bin/vmscatter.js"]
 CMD ["--help"]

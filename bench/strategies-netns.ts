@@ -31,6 +31,7 @@ import {
   type Topology,
 } from '../test/netns/topology.js';
 import type { PlainMigrateResult } from './plain-migration.js';
+import { NODE_FLAGS } from '../src/node-flags.js';
 
 export type NetnsStrategyId = 'a' | 'b' | 'c' | 'd' | 'e';
 
@@ -140,7 +141,7 @@ export function procCpuSeconds(pid: number | undefined): number {
 export const LINK_BOUND = { minLinkUse: 0.8, maxProcessCpu: 0.8 } as const;
 const linkBound = (linkUse: number, cpuShare: number): 'link' | 'cpu?' => (linkUse >= LINK_BOUND.minLinkUse && cpuShare < LINK_BOUND.maxProcessCpu ? 'link' : 'cpu?');
 
-const NODE_TSX = [process.execPath, '--import', 'tsx'];
+const NODE_TSX = [process.execPath, ...NODE_FLAGS, '--import', 'tsx'];
 const r1 = (x: number): number => Math.round(x * 10) / 10;
 const r3 = (x: number): number => Math.round(x * 1000) / 1000;
 
