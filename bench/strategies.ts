@@ -140,6 +140,43 @@ async function runStrategy(id: StrategyId, sc: Scenario): Promise<StrategyResult
   };
 }
 
+/** One setting switched off against the same scenario with it on (its default), same run. */
+interface SwitchResult {
+  scenario: string;
+  strategy: StrategyId;
+  setting: string;
+  on: Pick<StrategyResult, 'senderBytes' | 'wallSeconds' | 'downtimeMs' | 'verified'>;
+  off: Pick<StrategyResult, 'senderBytes' | 'wallSeconds' | 'downtimeMs' | 'verified'>;
+  /** on / off: below 1 means the setting saves bytes (time). */
+  bytesOnVsOff: number;
+  timeOnVsOff: number;
+}
+
+/**
+ * Settings whose worth a scenario shows, run once more with the setting off: converge in turn
+ * is for heavy dirtiers with parallel migrations (without it every VM gets 1/parallel of the
+ * bandwidth and none converges), so it is measured there.
+ */
+async function switchRuns(list: Scenario[], out: ScenarioOut[], log: (s: string) => void): Promise<SwitchResult[]> {
+  const heavy = list.find((sc) => sc.id === 'heavy-dirty');
+  const on = out.find((o) => o.scenario.id === 'heavy-dirty')?.results.find((r) => r.strategy === 'd');
+  if (!heavy || !on) return [];
+  log(`\n${heavy.label}, migration.convergeInTurn off\n  (d) ${STRATEGIES.d} ... `);
+  const off = await runStrategy('d', { ...heavy, config: { ...heavy.config, migration: { ...heavy.config.migration, convergeInTurn: false } } });
+  log(`${(off.senderBytes / 1e6).toFixed(1)} MB, ${off.wallSeconds.toFixed(2)} s${off.verified ? '' : ', NOT VERIFIED'}\n`);
+  const pick = (r: StrategyResult): SwitchResult['on'] => ({ senderBytes: r.senderBytes, wallSeconds: r.wallSeconds, downtimeMs: r.downtimeMs, verified: r.verified });
+  return [{ scenario: heavy.id, strategy: 'd', setting: 'migration.convergeInTurn', on: pick(on), off: pick(off), bytesOnVsOff: ratio(on.senderBytes, off.senderBytes), timeOnVsOff: ratio(on.wallSeconds, off.wallSeconds) }];
+}
+
+function switchesMarkdown(list: SwitchResult[]): string {
+  if (list.length === 0) return '';
+  let s = '## Settings switched off, same run (CPU-bound)\n\n| scenario | strategy | setting | sender MB on / off | wall s on / off | bytes on vs off | time on vs off | downtime ms mean on / off | verified |\n| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |\n';
+  for (const x of list) {
+    s += `| ${x.scenario} | (${x.strategy}) | ${x.setting} | ${MB(x.on.senderBytes)} / ${MB(x.off.senderBytes)} | ${fx(x.on.wallSeconds, 2)} / ${fx(x.off.wallSeconds, 2)} | ${fx(x.bytesOnVsOff, 3)} | ${fx(x.timeOnVsOff, 3)} | ${fx(x.on.downtimeMs.mean, 1)} / ${fx(x.off.downtimeMs.mean, 1)} | ${x.on.verified && x.off.verified ? 'yes' : 'NO'} |\n`;
+  }
+  return s + '\n';
+}
+
 export interface StrategiesOptions {
   quick: boolean;
   json: boolean;
@@ -244,6 +281,7 @@ export async function runStrategiesBench(opts: StrategiesOptions): Promise<Recor
     }
     out.push({ scenario: { id: sc.id, label: sc.label, headline: sc.headline, fleet: sc.config.fleet, targets: sc.config.targets }, results, dedupMinimum });
   }
+  const switches = await switchRuns(list, out, log);
 
   let linkBound: (NetnsRunResult & { bytesRatio?: number; timeRatio?: number; vsDedupMinimum?: number; skipped?: Array<{ scenario: string; reason: string }> }) | undefined;
   if (opts.netns) {
@@ -291,10 +329,11 @@ export async function runStrategiesBench(opts: StrategiesOptions): Promise<Recor
     vsDedupMinimum: ratio(by('d').senderBytes, head.dedupMinimum),
     goals: { bytesRatio: 0.258, timeRatio: 0.309, vsDedupMinimum: 1.05 },
     scenarios: out,
+    switches,
     ...(linkBound ? { linkBound } : {}),
     realGuests: real,
   };
-  const md = markdown(result.scenarios, result) + (linkBound ? netnsMarkdown(linkBound, list) : '') + realMarkdown(real);
+  const md = markdown(result.scenarios, result) + switchesMarkdown(switches) + (linkBound ? netnsMarkdown(linkBound, list) : '') + realMarkdown(real);
   const linkHead = linkBound?.scenarios.find((s) => s.scenario === 'default');
   const svg = linkHead
     ? chart(
