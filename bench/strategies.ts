@@ -320,7 +320,7 @@ export async function runStrategiesBench(opts: StrategiesOptions): Promise<Recor
   const result = {
     bench: 'strategies',
     date: new Date().toISOString(),
-    command: `npx tsx bench/strategies.ts${flags}`,
+    command: `vmscatter bench strategies${flags}`,
     setting: 'loopback, one process, CPU-bound (2 cores): bytes exact, times are the CPU-bound figure',
     profile: { ...DEFAULT_PROFILE },
     machine: { nproc: availableParallelism(), cpu: cpus()[0]?.model ?? 'unknown', memoryGiB: Math.round(totalmem() / 2 ** 30), node: process.version, loadavg: loadavg().map((x) => Math.round(x * 100) / 100) },

@@ -11,7 +11,9 @@
  *   Pre-copy converges when a VM's bandwidth outruns its dirty rate; with N VMs side by side each
  *   has 1/N of it, so a VM that would converge alone can iterate until its round limit (or
  *   forever, on QEMU), resending its working set every pass (measured, 8 VMs dirtying 20,000
- *   pages/s: 10.4 GB side by side against 1.3 GB one at a time). VMs that converge side by side
+ *   pages/s, CPU-bound: 2.6-3.0 GB in up to 11 passes side by side, 2.2-2.3 GB with the turn, which
+ *   costs 20-30% more time there; 10.4 GB side by side while garbage collection slowed the
+ *   pipeline, README "Dirtying VMs with parallel migrations"). VMs that converge side by side
  *   (QEMU typically needs 2-3 passes then) are never held for it: a turn is not work-conserving
  *   (a VM alone is bounded by its own max-bandwidth, which may leave the link or cores idle; with
  *   a turn from the second pass on, 8 VMs dirtying 5,000 pages/s took 40% longer).
