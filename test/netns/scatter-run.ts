@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import type { ReceiverOutput } from '../../src/transport/scatter-child.js';
 import { sessionFromPlan, sessionToJson, type ScatterPlan, type ScatterSession } from '../../src/transport/scatter-session.js';
 import type { SenderStats, TargetReport } from '../../src/transport/multicast-sender.js';
+import { NODE_FLAGS } from '../../src/node-flags.js';
 import { receiverAddr, SENDER_ADDR, type Topology } from './topology.js';
 
 export interface NetnsScatterOptions {
@@ -86,8 +87,11 @@ function waitExit(child: ChildProcess, timeoutMs: number, what: string): Promise
   });
 }
 
-/** node with tsx; VMSCATTER_CHILD_NODE_ARGS adds flags (e.g. --cpu-prof) to every child. */
-export const NODE_TSX = [process.execPath, ...(process.env.VMSCATTER_CHILD_NODE_ARGS?.split(' ').filter(Boolean) ?? []), '--import', 'tsx'];
+/**
+ * node with tsx and vmscatter's node flags (src/node-flags.ts), as bin/vmscatter.js starts it;
+ * VMSCATTER_CHILD_NODE_ARGS adds flags (e.g. --cpu-prof) to every child.
+ */
+export const NODE_TSX = [process.execPath, ...NODE_FLAGS, ...(process.env.VMSCATTER_CHILD_NODE_ARGS?.split(' ').filter(Boolean) ?? []), '--import', 'tsx'];
 
 export async function runNetnsScatter(topo: Topology, o: NetnsScatterOptions): Promise<NetnsScatterResult> {
   const dir = mkdtempSync(join(tmpdir(), 'vmscatter-netns-'));
