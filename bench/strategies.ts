@@ -154,8 +154,8 @@ interface SwitchResult {
 
 /**
  * Settings whose worth a scenario shows, run once more with the setting off: converge in turn
- * is for heavy dirtiers with parallel migrations (without it every VM gets 1/parallel of the
- * bandwidth and none converges), so it is measured there.
+ * is for heavy dirtiers with parallel migrations (without it every VM has 1/parallel of the
+ * bandwidth and needs more passes, or never converges), so it is measured there.
  */
 async function switchRuns(list: Scenario[], out: ScenarioOut[], log: (s: string) => void): Promise<SwitchResult[]> {
   const heavy = list.find((sc) => sc.id === 'heavy-dirty');

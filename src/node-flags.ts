@@ -4,12 +4,12 @@
  * (test/pipeline/node-flags.test.ts keeps them in step). V8 reads them when the heap is set
  * up, so they cannot be set from inside the process (v8.setFlagsFromString is too late).
  *
- * --initial-old-space-size=256: the converge path hands hundreds of MB/s of Buffers to sockets.
- * Those still queued when two scavenges pass are promoted, and with V8's default old-space
- * limit for a heap of ~25 MB of live objects each few MB of them forced a mark-compact: 81
- * mark-compacts (0.5 s of pauses of up to 13 ms, plus as much incremental marking) in a
- * `bench qemu --quick` run, one every 60-80 ms while guests migrated, some inside a guest's
- * downtime. With 256 MiB of initial old space: 4 mark-compacts. Same run, 3 runs each
+ * --initial-old-space-size=256: the converge path allocates about a byte of Buffer per byte of
+ * stream it moves (hundreds of MB/s), and with V8's default sizing for a heap of ~25 MB of live
+ * objects that ran a mark-compact every 60-80 ms while guests migrated (--trace-gc: 81 in a
+ * `bench qemu --quick` run, "GC in old space requested", 0.5 s of pauses of up to 13 ms plus as
+ * much incremental marking), some inside a guest's downtime. With 256 MiB of initial old
+ * space: 4. (Recycling the buffers would cut the allocation itself; not done.) Same run, 3 runs each
  * (18 migrations): downtime through vmscatter 12.4 ms mean, 24.0 max without the flag;
  * 9.1 ms mean, 19.9 max with; time per round -11%. Peak RSS of `npm start`: +2%.
  */

@@ -22,8 +22,12 @@ describe('node flags (src/node-flags.ts) on every way vmscatter is started', () 
     expect(JSON.parse(entry.slice('ENTRYPOINT'.length))).toEqual(['node', ...NODE_FLAGS, 'bin/vmscatter.js']);
   });
 
-  it('the executable bin runs with them (the shebang is honoured)', async () => {
-    // `demo --help` goes through the whole CLI; V8 rejects an unknown flag before any of it runs.
+  it("the shebang's command hands node the flags, and the executable bin starts with them", async () => {
+    // What the kernel runs for the shebang, with a probe script instead of the bin.
+    const [cmd, ...args] = read('bin/vmscatter.js').split('\n')[0]!.slice(2).split(' ');
+    const probe = await promisify(execFile)(cmd!, [...args, '-e', 'console.log(JSON.stringify(process.execArgv))']);
+    expect((JSON.parse(probe.stdout) as string[]).slice(0, NODE_FLAGS.length)).toEqual([...NODE_FLAGS]);
+    // V8 refuses a flag it does not know before any of the CLI runs.
     const { stdout } = await promisify(execFile)('./bin/vmscatter.js', ['demo', '--help'], { cwd: process.cwd() });
     expect(stdout).toContain('Usage: vmscatter demo');
   });
