@@ -14,3 +14,9 @@
  * 9.1 ms mean, 19.9 max with; time per round -11%. Peak RSS of `npm start`: +2%.
  */
 export const NODE_FLAGS = ['--initial-old-space-size=256'] as const;
+
+/** NODE_FLAGS this process was started without (another value of the same flag counts as given). */
+export function missingNodeFlags(execArgv: readonly string[] = process.execArgv): string[] {
+  const given = execArgv.map((a) => a.split('=')[0]!.replace(/_/g, '-'));
+  return NODE_FLAGS.filter((f) => !given.includes(f.split('=')[0]!));
+}

@@ -7,6 +7,7 @@ import { ErrorCode, VmsError } from '../errors.js';
 import { startAgent } from '../agent/agent-main.js';
 import { parseNumberPairs } from './key-values.js';
 import { untilSignal } from './coordinator-command.js';
+import { missingNodeFlags } from '../node-flags.js';
 
 export interface AgentFlags {
   config?: string;
@@ -65,6 +66,11 @@ export async function agentCommand(flags: AgentFlags): Promise<void> {
   const a = await startAgent(cfg);
   const what = a.role === 'source' ? `${a.source?.listVms().length ?? 0} simulated VMs` : `converge on ${a.data?.host}:${a.data?.port}`;
   process.stdout.write(`vmscatter agent ${a.name} (${a.role}) listening on ${a.url}; ${what}; coordinator ${cfg.coordinator.url}\n`);
+  const missing = missingNodeFlags();
+  if (missing.length > 0)
+    process.stderr.write(
+      `vmscatter agent ${a.name}: node was started without ${missing.join(' ')} (bin/vmscatter.js and the npm scripts pass it): expect garbage-collection pauses inside guests' downtime (docs/operations.md)\n`,
+    );
   await untilSignal();
   process.stderr.write(`vmscatter agent ${a.name}: shutting down${a.role === 'source' ? '; runs are cancelled and their VMs keep running here' : ''}\n`);
   await a.close();

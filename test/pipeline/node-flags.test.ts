@@ -2,7 +2,7 @@ import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
-import { NODE_FLAGS } from '../../src/node-flags.js';
+import { missingNodeFlags, NODE_FLAGS } from '../../src/node-flags.js';
 
 const read = (f: string): string => readFileSync(f, 'utf8');
 
@@ -30,5 +30,14 @@ describe('node flags (src/node-flags.ts) on every way vmscatter is started', () 
     // V8 refuses a flag it does not know before any of the CLI runs.
     const { stdout } = await promisify(execFile)('./bin/vmscatter.js', ['demo', '--help'], { cwd: process.cwd() });
     expect(stdout).toContain('Usage: vmscatter demo');
+  });
+
+  it('tells which flags a process lacks; another value of the same flag counts as given', () => {
+    expect(missingNodeFlags([])).toEqual([...NODE_FLAGS]);
+    expect(missingNodeFlags(['--import', 'tsx'])).toEqual([...NODE_FLAGS]);
+    expect(missingNodeFlags([...NODE_FLAGS])).toEqual([]);
+    expect(missingNodeFlags(['--initial-old-space-size=512'])).toEqual([]);
+    expect(missingNodeFlags(['--initial_old_space_size=512'])).toEqual([]);
+    expect(missingNodeFlags(['--max-old-space-size=256'])).toEqual([...NODE_FLAGS]);
   });
 });
