@@ -1,12 +1,13 @@
 /**
  * `vmscatter bench qemu`: the same real guests, in the same run, migrated
- *  (a) by QEMU directly over TCP on loopback (target `-incoming tcp:127.0.0.1:PORT`), and
+ *  (a) by QEMU directly over TCP on loopback (target `-incoming tcp:127.0.0.1:PORT`), one guest
+ *      after the other and (labelled) all at once, and
  *  (b) through vmscatter (scan, plan, multicast scatter, converge) to 2 target hosts, with the
- *      default configuration and again with LZ4-compressed converge frames (`--lz4`),
+ *      default configuration, again with LZ4-compressed converge frames (`--lz4`), and
+ *      (labelled) without the multicast scatter (converge only: per-target dedup),
  * one round after the other: the guests that arrived in one round are the sources of the next,
  * so every round moves the same VMs with the same RAM (give or take what they dirtied). The
- * order is mirrored to cancel drift (quick: direct, vmscatter, vmscatter+lz4; full: that, then
- * the reverse).
+ * order is mirrored to cancel drift (quick: WAYS once; full: WAYS, then the reverse).
  *
  * Bytes: direct = QEMU's own count of what it wrote into the socket (query-migrate
  * ram.transferred; QEMU 7.2 leaves the ~0.1 MB of device state out of it, which flatters direct
@@ -35,8 +36,13 @@ import { checkQemu, launchGuest, type LaunchOptions } from '../src/qemu/launcher
 /** downtime-limit for both ways (QEMU's default is 300 ms; see the header). */
 export const BENCH_DOWNTIME_LIMIT_MS = 20;
 
-export type QemuBenchWay = 'direct' | 'vmscatter' | 'vmscatter+lz4';
-const WAYS: readonly QemuBenchWay[] = ['direct', 'vmscatter', 'vmscatter+lz4'];
+/**
+ * direct: QEMU to QEMU over TCP, one guest after the other; direct-parallel: the same, all guests
+ * at once; converge-only: through vmscatter without the multicast scatter (per-target dedup
+ * only); vmscatter; vmscatter+lz4. The goals are about direct, vmscatter and vmscatter+lz4.
+ */
+export type QemuBenchWay = 'direct' | 'direct-parallel' | 'converge-only' | 'vmscatter' | 'vmscatter+lz4';
+const WAYS: readonly QemuBenchWay[] = ['direct', 'direct-parallel', 'converge-only', 'vmscatter', 'vmscatter+lz4'];
 
 interface VmRow {
   vm: string;
@@ -84,12 +90,20 @@ function freePort(): Promise<number> {
   });
 }
 
-/** QEMU -> QEMU over TCP, one VM after the other. Returns the arrived guests (the next sources). */
-async function directRound(sources: LaunchedGuest[], owned: Set<LaunchedGuest>, log: (m: string) => void): Promise<{ round: RoundResult; arrived: LaunchedGuest[] }> {
+/**
+ * QEMU -> QEMU over TCP, one VM after the other (time: the migrations' sum) or all at once (time:
+ * first start to last resume). Returns the arrived guests (the next sources).
+ */
+async function directRound(
+  way: 'direct' | 'direct-parallel',
+  sources: LaunchedGuest[],
+  owned: Set<LaunchedGuest>,
+  log: (m: string) => void,
+): Promise<{ round: RoundResult; arrived: LaunchedGuest[] }> {
   const rows: VmRow[] = [];
   const arrived: LaunchedGuest[] = [];
   let busyMs = 0;
-  for (const src of sources) {
+  const one = async (src: LaunchedGuest): Promise<void> => {
     const port = await freePort();
     // Same target set-up as vmscatter's: shared, preallocated RAM (it is the next round's source).
     const launch: LaunchOptions = { ...machineOptions(src.launch), name: src.guest.name, sharedRam: true, preallocRam: true, incoming: `tcp:127.0.0.1:${port}`, daemonize: false };
@@ -122,20 +136,29 @@ async function directRound(sources: LaunchedGuest[], owned: Set<LaunchedGuest>, 
       ok,
     };
     rows.push(row);
-    log(`  direct ${row.vm}: ${(row.bytes / 1e6).toFixed(1)} MB, downtime ${r1(row.downtimeMs)} ms (QEMU says ${row.qemuDowntimeMs}), ${row.syncs} syncs${ok ? '' : ' CHECK FAILED'}`);
+    log(`  ${way} ${row.vm}: ${(row.bytes / 1e6).toFixed(1)} MB, downtime ${r1(row.downtimeMs)} ms (QEMU says ${row.qemuDowntimeMs}), ${row.syncs} syncs${ok ? '' : ' CHECK FAILED'}`);
     arrived.push(target);
     await src.guest.dispose();
     owned.delete(src);
-  }
-  return { round: { way: 'direct', bytes: rows.reduce((s, r) => s + r.bytes, 0), totalMs: busyMs, vms: rows, ok: rows.every((r) => r.ok) }, arrived };
+  };
+  const t0 = performance.now();
+  if (way === 'direct') for (const src of sources) await one(src);
+  else await Promise.all(sources.map(one));
+  const totalMs = way === 'direct' ? busyMs : performance.now() - t0;
+  // Rows and guests in the sources' order, whichever finished first.
+  const order = (n: string): number => sources.findIndex((s) => s.guest.name === n);
+  rows.sort((x, y) => order(x.vm) - order(y.vm));
+  arrived.sort((x, y) => order(x.guest.name) - order(y.guest.name));
+  return { round: { way, bytes: rows.reduce((s, r) => s + r.bytes, 0), totalMs, vms: rows, ok: rows.every((r) => r.ok) }, arrived };
 }
 
-async function vmscatterRound(way: QemuBenchWay, sources: LaunchedGuest[], owned: Set<LaunchedGuest>, log: (m: string) => void): Promise<{ round: RoundResult; arrived: LaunchedGuest[] }> {
+async function vmscatterRound(way: 'converge-only' | 'vmscatter' | 'vmscatter+lz4', sources: LaunchedGuest[], owned: Set<LaunchedGuest>, log: (m: string) => void): Promise<{ round: RoundResult; arrived: LaunchedGuest[] }> {
   const r = await runQemuEvacuation({
     sources,
     targets: QEMU_FLEET_DEFAULTS.targets,
     migration: { maxBandwidth: QEMU_DEFAULT_MAX_BANDWIDTH, downtimeLimitMs: BENCH_DOWNTIME_LIMIT_MS, timeoutMs: 180_000 },
     ...(way === 'vmscatter+lz4' ? { compress: 'lz4' as const } : {}),
+    ...(way === 'converge-only' ? { config: { scatter: { enabled: false } } } : {}),
   });
   // Take the arrived guests over from their hosts: they are the next round's sources.
   const arrived: LaunchedGuest[] = [];
@@ -217,7 +240,7 @@ export async function runQemuBench(opts: { quick: boolean; json: boolean; worklo
     for (const g of current) owned.add(g);
     for (const way of order) {
       log(`round ${rounds.length + 1}: ${way}`);
-      const { round, arrived } = way === 'direct' ? await directRound(current, owned, log) : await vmscatterRound(way, current, owned, log);
+      const { round, arrived } = way === 'direct' || way === 'direct-parallel' ? await directRound(way, current, owned, log) : await vmscatterRound(way, current, owned, log);
       rounds.push(round);
       current = arrived;
       if (arrived.length !== vms) throw new VmsError(ErrorCode.QEMU, `${way} round moved ${arrived.length} of ${vms} guests; stopping the bench`);
@@ -232,8 +255,10 @@ export async function runQemuBench(opts: { quick: boolean; json: boolean; worklo
   const ratio = (w: QemuBenchWay): number => Math.round((bytesOf(w) / directBytes) * 1000) / 1000;
   const names = rounds[0]?.vms.map((v) => v.vm) ?? [];
   const dt = (w: QemuBenchWay, n: string): number => r1(mean(of(w).map((r) => r.vms.find((v) => v.vm === n)?.downtimeMs ?? Number.NaN)));
-  const downtimeMs: Record<string, { direct: number; vmscatter: number; vmscatterLz4: number }> = {};
-  for (const n of names) downtimeMs[n] = { direct: dt('direct', n), vmscatter: dt('vmscatter', n), vmscatterLz4: dt('vmscatter+lz4', n) };
+  const downtimeMs: Record<string, { direct: number; vmscatter: number; vmscatterLz4: number; directParallel: number; convergeOnly: number }> = {};
+  for (const n of names) {
+    downtimeMs[n] = { direct: dt('direct', n), vmscatter: dt('vmscatter', n), vmscatterLz4: dt('vmscatter+lz4', n), directParallel: dt('direct-parallel', n), convergeOnly: dt('converge-only', n) };
+  }
   const bytesRatio = ratio('vmscatter');
   const bytesRatioLz4 = ratio('vmscatter+lz4');
   // The floor without compression: distinct contents + pages not indexed + device state.
@@ -244,6 +269,8 @@ export async function runQemuBench(opts: { quick: boolean; json: boolean; worklo
     direct: Math.round(mean(of('direct').map((r) => r.totalMs))),
     vmscatter: Math.round(mean(of('vmscatter').map((r) => r.totalMs))),
     vmscatterLz4: Math.round(mean(of('vmscatter+lz4').map((r) => r.totalMs))),
+    directParallel: Math.round(mean(of('direct-parallel').map((r) => r.totalMs))),
+    convergeOnly: Math.round(mean(of('converge-only').map((r) => r.totalMs))),
   };
   const downtimeMet = (k: 'vmscatter' | 'vmscatterLz4'): boolean => Object.values(downtimeMs).every((d) => d[k] <= d.direct + 20);
   const goals = {
@@ -259,7 +286,13 @@ export async function runQemuBench(opts: { quick: boolean; json: boolean; worklo
     bytesRatioLz4,
     dedupMinimumRatio,
     vsDedupMinimum,
-    bytes: { direct: Math.round(directBytes), vmscatter: Math.round(bytesOf('vmscatter')), vmscatterLz4: Math.round(bytesOf('vmscatter+lz4')) },
+    bytes: {
+      direct: Math.round(directBytes),
+      vmscatter: Math.round(bytesOf('vmscatter')),
+      vmscatterLz4: Math.round(bytesOf('vmscatter+lz4')),
+      directParallel: Math.round(bytesOf('direct-parallel')),
+      convergeOnly: Math.round(bytesOf('converge-only')),
+    },
     downtimeMs,
     totalTimeMs,
     goals,
@@ -322,10 +355,12 @@ export async function runQemuBench(opts: { quick: boolean; json: boolean; worklo
   const met = (b: boolean): string => (b ? 'met' : 'NOT met');
   console.log(`bytes vs direct: vmscatter ${bytesRatio} (${met(goals.bytes.vmscatter)}), vmscatter+lz4 ${bytesRatioLz4} (${met(goals.bytes.vmscatterLz4)}); goal <= 0.5`);
   console.log(`dedup minimum of these streams (distinct contents + unindexed pages + device state): ${dedupMinimumRatio} x direct; vmscatter sends ${vsDedupMinimum} x it`);
-  for (const [n, d] of Object.entries(downtimeMs)) console.log(`downtime ${n}: direct ${d.direct} ms, vmscatter ${d.vmscatter} ms, vmscatter+lz4 ${d.vmscatterLz4} ms`);
+  for (const [n, d] of Object.entries(downtimeMs)) {
+    console.log(`downtime ${n}: direct ${d.direct} ms, vmscatter ${d.vmscatter} ms, vmscatter+lz4 ${d.vmscatterLz4} ms (direct all at once ${d.directParallel} ms, converge only ${d.convergeOnly} ms)`);
+  }
   console.log(
     `downtime goal (<= direct + 20 ms): vmscatter ${met(goals.downtime.vmscatter)}, vmscatter+lz4 ${met(goals.downtime.vmscatterLz4)}; ` +
-      `time per round: direct ${totalTimeMs.direct} ms, vmscatter ${totalTimeMs.vmscatter} ms, vmscatter+lz4 ${totalTimeMs.vmscatterLz4} ms`,
+      `time per round: direct ${totalTimeMs.direct} ms, vmscatter ${totalTimeMs.vmscatter} ms, vmscatter+lz4 ${totalTimeMs.vmscatterLz4} ms (direct all at once ${totalTimeMs.directParallel} ms, converge only ${totalTimeMs.convergeOnly} ms)`,
   );
   return result;
 }
