@@ -9,9 +9,10 @@
  * objects that ran a mark-compact every 60-80 ms while guests migrated (--trace-gc: 81 in a
  * `bench qemu --quick` run, "GC in old space requested", 0.5 s of pauses of up to 13 ms plus as
  * much incremental marking), some inside a guest's downtime. With 256 MiB of initial old
- * space: 4. (Recycling the buffers would cut the allocation itself; not done.) Same run, 3 runs each
- * (18 migrations): downtime through vmscatter 12.4 ms mean, 24.0 max without the flag;
- * 9.1 ms mean, 19.9 max with; time per round -11%. Peak RSS of `npm start`: +2%.
+ * space: 4. Three `bench qemu --quick` runs each way, alternating (18 migrations each):
+ * downtime through vmscatter 12.4 ms mean, 24.0 max without the flag; 9.1 ms mean, 19.9 max
+ * with; time per round -11%. Peak RSS of `npm start`: +2%. (Recycling the buffers would cut
+ * the allocation itself; not done.)
  */
 export const NODE_FLAGS = ['--initial-old-space-size=256'] as const;
 
