@@ -43,6 +43,10 @@ export const BENCH_DOWNTIME_LIMIT_MS = 20;
  */
 export type QemuBenchWay = 'direct' | 'direct-parallel' | 'converge-only' | 'vmscatter' | 'vmscatter+lz4';
 const WAYS: readonly QemuBenchWay[] = ['direct', 'direct-parallel', 'converge-only', 'vmscatter', 'vmscatter+lz4'];
+/** Each way's key in the JSON summaries (bytes, downtimeMs, totalTimeMs). */
+const WAY_KEY = { direct: 'direct', 'direct-parallel': 'directParallel', 'converge-only': 'convergeOnly', vmscatter: 'vmscatter', 'vmscatter+lz4': 'vmscatterLz4' } as const;
+type WayKey = (typeof WAY_KEY)[QemuBenchWay];
+const perWay = <T>(f: (w: QemuBenchWay) => T): Record<WayKey, T> => Object.fromEntries(WAYS.map((w) => [WAY_KEY[w], f(w)])) as Record<WayKey, T>;
 
 interface VmRow {
   vm: string;
@@ -255,23 +259,14 @@ export async function runQemuBench(opts: { quick: boolean; json: boolean; worklo
   const ratio = (w: QemuBenchWay): number => Math.round((bytesOf(w) / directBytes) * 1000) / 1000;
   const names = rounds[0]?.vms.map((v) => v.vm) ?? [];
   const dt = (w: QemuBenchWay, n: string): number => r1(mean(of(w).map((r) => r.vms.find((v) => v.vm === n)?.downtimeMs ?? Number.NaN)));
-  const downtimeMs: Record<string, { direct: number; vmscatter: number; vmscatterLz4: number; directParallel: number; convergeOnly: number }> = {};
-  for (const n of names) {
-    downtimeMs[n] = { direct: dt('direct', n), vmscatter: dt('vmscatter', n), vmscatterLz4: dt('vmscatter+lz4', n), directParallel: dt('direct-parallel', n), convergeOnly: dt('converge-only', n) };
-  }
+  const downtimeMs = Object.fromEntries(names.map((n) => [n, perWay((w) => dt(w, n))]));
   const bytesRatio = ratio('vmscatter');
   const bytesRatioLz4 = ratio('vmscatter+lz4');
   // The floor without compression: distinct contents + pages not indexed + device state.
   const dedupMinimum = mean(of('vmscatter').map((r) => r.dedupMinimum ?? Number.NaN));
   const dedupMinimumRatio = Math.round((dedupMinimum / directBytes) * 1000) / 1000;
   const vsDedupMinimum = Math.round((bytesOf('vmscatter') / dedupMinimum) * 1000) / 1000;
-  const totalTimeMs = {
-    direct: Math.round(mean(of('direct').map((r) => r.totalMs))),
-    vmscatter: Math.round(mean(of('vmscatter').map((r) => r.totalMs))),
-    vmscatterLz4: Math.round(mean(of('vmscatter+lz4').map((r) => r.totalMs))),
-    directParallel: Math.round(mean(of('direct-parallel').map((r) => r.totalMs))),
-    convergeOnly: Math.round(mean(of('converge-only').map((r) => r.totalMs))),
-  };
+  const totalTimeMs = perWay((w) => Math.round(mean(of(w).map((r) => r.totalMs))));
   const downtimeMet = (k: 'vmscatter' | 'vmscatterLz4'): boolean => Object.values(downtimeMs).every((d) => d[k] <= d.direct + 20);
   const goals = {
     bytes: { goal: 'vmscatter wire bytes <= 0.5 x direct', vmscatter: bytesRatio <= 0.5, vmscatterLz4: bytesRatioLz4 <= 0.5 },
@@ -286,13 +281,7 @@ export async function runQemuBench(opts: { quick: boolean; json: boolean; worklo
     bytesRatioLz4,
     dedupMinimumRatio,
     vsDedupMinimum,
-    bytes: {
-      direct: Math.round(directBytes),
-      vmscatter: Math.round(bytesOf('vmscatter')),
-      vmscatterLz4: Math.round(bytesOf('vmscatter+lz4')),
-      directParallel: Math.round(bytesOf('direct-parallel')),
-      convergeOnly: Math.round(bytesOf('converge-only')),
-    },
+    bytes: perWay((w) => Math.round(bytesOf(w))),
     downtimeMs,
     totalTimeMs,
     goals,
