@@ -21,7 +21,7 @@ import { callWithRetry, controlCall } from '../coordinator/http-client.js';
 import { ApiError } from '../coordinator/http-server.js';
 import type { AgentVm, DigestReply, FleetVmWire, RunRequest, RunState, RunStatus, SlotReply } from '../coordinator/schemas.js';
 import type { SimSourceVm } from './sim-agents.js';
-import type { SourceMigrationResult, SourceVm } from './source-vm.js';
+import type { MigrationHooks, SourceMigrationResult, SourceVm } from './source-vm.js';
 import { createRemoteScatter } from './remote-scatter.js';
 import { simVmDigest } from './vm-digest.js';
 
@@ -445,7 +445,7 @@ function abortReason(signal: AbortSignal, fallback: string): VmsError {
  * A VM the run can abort on its own (its target was lost) without cancelling the whole job; the
  * coordinator's slot was granted before (`admit`).
  */
-class AdmittedVm implements SourceVm {
+export class AdmittedVm implements SourceVm {
   constructor(
     private readonly inner: SourceVm,
     private readonly run: SourceRun,
@@ -461,7 +461,7 @@ class AdmittedVm implements SourceVm {
     return this.inner.ram;
   }
 
-  async migrate(out: Writable, signal: AbortSignal): Promise<SourceMigrationResult> {
+  async migrate(out: Writable, signal: AbortSignal, hooks?: MigrationHooks): Promise<SourceMigrationResult> {
     const own = this.run.vmAbort(this.name);
     // A lost target also breaks a switchover that waits for its answer: the source resumes.
     const onAbort = (): void => {
@@ -470,7 +470,8 @@ class AdmittedVm implements SourceVm {
     if (own.signal.aborted) onAbort();
     else own.signal.addEventListener('abort', onAbort, { once: true });
     try {
-      return await this.inner.migrate(out, AbortSignal.any([signal, own.signal]));
+      // The hooks carry the job's migration priority (stop-copy first, converge in turn).
+      return await this.inner.migrate(out, AbortSignal.any([signal, own.signal]), hooks);
     } catch (e) {
       // Say why: the VM's own abort (its target was lost) rather than a bare "cancelled".
       if (own.signal.aborted && isVmsError(own.signal.reason)) throw own.signal.reason;

@@ -16,6 +16,9 @@ import { agentConfig, parseFleetSpec } from '../../src/cli/agent-command.js';
 import { parseWorkloadSpec } from '../../src/cli/key-values.js';
 import { checkWorkloadFits, GUEST_OS_MIB } from '../../src/qemu/guest-builder.js';
 import { coordinatorConfig } from '../../src/cli/coordinator-command.js';
+import { AdmittedVm, type SourceRun } from '../../src/agent/source-host.js';
+import type { MigrationHooks, SourceVm } from '../../src/agent/source-vm.js';
+import { PassThrough } from 'node:stream';
 
 const silent = pino({ level: 'silent' });
 
@@ -200,5 +203,25 @@ describe('FileStateStore', () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('AdmittedVm (a VM of an agent run)', () => {
+  it('hands the migration hooks on to the VM: the job priority reaches VMs migrated by agents too', async () => {
+    const seen: Array<MigrationHooks | undefined> = [];
+    const inner: SourceVm = {
+      name: 'vm0',
+      memoryBytes: 4096,
+      ram: { pageCount: 1, readPage: () => {} } as unknown as SourceVm['ram'],
+      migrate: async (_out, _signal, hooks) => {
+        seen.push(hooks);
+        return { rounds: 1, forced: false, stoppedAtEpochMs: 0 };
+      },
+      resume: () => {},
+    };
+    const run = { vmAbort: () => new AbortController() } as unknown as SourceRun;
+    const hooks: MigrationHooks = { onPass: () => {}, onStopped: () => {} };
+    await new AdmittedVm(inner, run).migrate(new PassThrough(), new AbortController().signal, hooks);
+    expect(seen).toEqual([hooks]);
   });
 });
