@@ -103,7 +103,11 @@ export const AgentSchema = Type.Object(
     register: Type.Boolean({ default: true, description: 'register with the coordinator and send heartbeats' }),
     capacityMiB: Type.Integer({ minimum: 1, default: 16384, description: 'memory a target offers incoming VMs, MiB' }),
     maxVms: Type.Integer({ minimum: 0, default: 0, description: 'incoming VMs a target accepts (0 = no limit)' }),
-    fleet: Type.Union([Type.Literal('sim')], { default: 'sim', description: 'what a source agent migrates: simulated VMs described by the fleet section' }),
+    fleet: Type.Union([Type.Literal('sim'), Type.Literal('qemu')], {
+      default: 'sim',
+      description: 'what the agent hosts: sim = simulated VMs (a source\'s are described by the fleet section); qemu = QEMU guests (a source migrates the running guests agent.guests lists, a target starts a QEMU per incoming guest)',
+    }),
+    guests: Type.String({ default: '', description: 'source agent with fleet qemu: JSON file listing the running QEMU guests to migrate (docs/operations.md)' }),
   },
   { additionalProperties: false },
 );

@@ -1,15 +1,19 @@
 /**
- * An agent process: a source host (owning simulated VMs, QEMU guests later) or a target host
- * (converge server + content store), its HTTP control API, and its link to the coordinator:
- * register at start, heartbeat, register again when the coordinator forgot it (restart).
+ * An agent process: a source host (owning simulated VMs, or migrating running QEMU guests it is
+ * given) or a target host (converge server + content store; simulated VMs or a target QEMU per
+ * incoming guest), its HTTP control API, and its link to the coordinator: register at start,
+ * heartbeat, register again when the coordinator forgot it (restart).
  */
-import { hostname } from 'node:os';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { hostname, tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
 import { CONTROL_DEFAULTS, parseHostPort, type EvacuationConfig } from '../config.js';
 import { ErrorCode, VmsError, isVmsError } from '../errors.js';
 import { buildAgentServer } from './agent-server.js';
 import { simFleetFromConfig, type SimSourceVm } from './sim-agents.js';
-import { SourceHost, hostedSimVm } from './source-host.js';
+import { SourceHost, hostedSimVm, type HostedVm } from './source-host.js';
+import { adoptGuests, readGuestsFile, type AdoptedGuest } from './qemu-guests.js';
 import { TargetHost } from './target-host.js';
 import { controlCall, sleep } from '../coordinator/http-client.js';
 import { requireToken, type TypedApp } from '../coordinator/http-server.js';
@@ -65,12 +69,41 @@ export async function startAgent(cfg: EvacuationConfig, o: StartAgentOptions = {
   let source: SourceHost | undefined;
   let target: TargetHost | undefined;
   let simVms: SimSourceVm[] = [];
+  let adopted: AdoptedGuest[] = [];
+  let runDir: string | undefined;
+  /** Let go of what this agent holds: simulated VMs stop, QEMU guests run on without us. */
+  const release = async (): Promise<void> => {
+    for (const v of simVms) v.vm.stop();
+    for (const a of adopted) a.close();
+    if (runDir !== undefined) await rm(runDir, { recursive: true, force: true });
+  };
   let data: { host: string; port: number } | undefined;
   if (role === 'source') {
-    simVms = simFleet(cfg, name);
+    let hosted: HostedVm[];
+    if (cfg.agent.fleet === 'qemu') {
+      if (!cfg.agent.guests) {
+        throw new VmsError(ErrorCode.CONFIG, 'a source agent with agent.fleet "qemu" needs the JSON file of its QEMU guests: --fleet qemu:GUESTS.json (agent.guests); see docs/operations.md');
+      }
+      const specs = readGuestsFile(cfg.agent.guests);
+      runDir = await mkdtemp(join(tmpdir(), 'vmscatter-agent-'));
+      try {
+        adopted = await adoptGuests(specs, {
+          workDir: runDir,
+          params: { maxBandwidth: cfg.migration.maxBandwidthMiBps * MiB, downtimeLimitMs: cfg.migration.downtimeLimitMs },
+          logger,
+        });
+      } catch (e) {
+        await release();
+        throw e;
+      }
+      hosted = adopted.map((a) => a.hosted);
+    } else {
+      simVms = simFleet(cfg, name);
+      hosted = simVms.map(hostedSimVm);
+    }
     source = new SourceHost({
       name,
-      vms: simVms.map(hostedSimVm),
+      vms: hosted,
       token,
       logger,
       coordinatorGraceMs: CONTROL_DEFAULTS.coordinatorGraceMs,
@@ -81,7 +114,7 @@ export async function startAgent(cfg: EvacuationConfig, o: StartAgentOptions = {
     });
   } else {
     const dl = parseHostPort(cfg.agent.dataListen, 'agent.dataListen');
-    target = new TargetHost({ name, host: dl.host, port: dl.port, logger, scatterInterface: cfg.scatter.interface });
+    target = new TargetHost({ name, host: dl.host, port: dl.port, logger, scatterInterface: cfg.scatter.interface, qemu: cfg.agent.fleet === 'qemu' });
     const a = await target.listen();
     data = { host: advertised(cfg, dl.host), port: a.port };
   }
@@ -101,7 +134,7 @@ export async function startAgent(cfg: EvacuationConfig, o: StartAgentOptions = {
     await app.listen({ host: listen.host, port: listen.port });
   } catch (e) {
     await target?.close();
-    for (const v of simVms) v.vm.stop();
+    await release();
     throw new VmsError(ErrorCode.CONFIG, `agent cannot listen on ${cfg.agent.listen}: ${(e as Error).message}`, { cause: e });
   }
   const addr = app.server.address();
@@ -110,7 +143,7 @@ export async function startAgent(cfg: EvacuationConfig, o: StartAgentOptions = {
 
   const link = cfg.agent.register ? new CoordinatorLink(cfg.coordinator.url, token, info, logger) : undefined;
   link?.start();
-  logger.info({ controlUrl, ...(data ? { data } : {}), vms: simVms.length || undefined, coordinator: cfg.coordinator.url }, `${role} agent ${name} ready`);
+  logger.info({ controlUrl, ...(data ? { data } : {}), fleet: cfg.agent.fleet, vms: source?.listVms().length, coordinator: cfg.coordinator.url }, `${role} agent ${name} ready`);
 
   let closed = false;
   return {
@@ -129,7 +162,7 @@ export async function startAgent(cfg: EvacuationConfig, o: StartAgentOptions = {
       await source?.close();
       await app.close();
       await target?.close();
-      for (const v of simVms) v.vm.stop();
+      await release();
     },
   };
 }

@@ -11,13 +11,14 @@
  *                POST /v1/runs/:job/cancel            cancel: every VM not switched over keeps running
  *                POST /v1/runs/:job/abort-target      a target was lost: fail its VMs, sources resume
  *   target       GET  /v1/vms/:name/digest            RAM digest of a received VM (verification)
+ *                PUT  /v1/incoming/:name              (QEMU) the machine to start for a VM about to arrive
  *                POST /v1/jobs/:job/scatter           join a job's scatter (multicast receiver into its store)
  *                DELETE /v1/jobs/:job/store           a job ended: drop its content store
- *                DELETE /v1/vms/:name                 forget a received VM
+ *                DELETE /v1/vms/:name                 forget a received VM (a QEMU guest runs on)
  */
 import type { Logger } from 'pino';
 import { Type } from 'typebox';
-import { ErrorCode } from '../errors.js';
+import { ErrorCode, isVmsError } from '../errors.js';
 import { ApiError, createHttpApp, installBearerAuth, installErrorHandling, sendError, type TypedApp } from '../coordinator/http-server.js';
 import {
   AbortTargetRequest,
@@ -28,6 +29,7 @@ import {
   EventsQuery,
   FleetUpload,
   Health,
+  IncomingRequest,
   RunParams,
   RunRequest,
   RunStatus,
@@ -149,6 +151,25 @@ export async function buildAgentServer(o: AgentServerOptions): Promise<TypedApp>
       if (!tgt.releaseJob(req.params.job)) return sendError(reply, 404, ErrorCode.NOT_FOUND, `target agent ${tgt.name} holds no content store of job ${req.params.job}`);
       return reply.code(204).send();
     });
+    app.put(
+      '/v1/incoming/:name',
+      {
+        schema: {
+          params: VmParams,
+          body: IncomingRequest,
+          response: { 200: Type.Object({ vm: Type.String(), job: Type.String() }), ...errorReplies(400, 409, 422) },
+        },
+      },
+      async (req) => {
+        try {
+          tgt.expect(req.params.name, req.body.job, req.body.machine);
+        } catch (e) {
+          if (isVmsError(e)) throw new ApiError(e.code === ErrorCode.CONFLICT ? 409 : 422, e.code, e.message);
+          throw e;
+        }
+        return { vm: req.params.name, job: req.body.job };
+      },
+    );
     app.delete('/v1/vms/:name', { schema: { params: VmParams, response: errorReplies(404) } }, async (req, reply) => {
       if (!tgt.forget(req.params.name)) return sendError(reply, 404, ErrorCode.NOT_FOUND, `target agent ${tgt.name} has no VM named ${req.params.name}`);
       return reply.code(204).send();

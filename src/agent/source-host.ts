@@ -19,7 +19,7 @@ import type { EvacuationEvent } from '../coordinator/events.js';
 import { fleetToWire } from '../coordinator/fleet-wire.js';
 import { callWithRetry, controlCall } from '../coordinator/http-client.js';
 import { ApiError } from '../coordinator/http-server.js';
-import type { AgentVm, DigestReply, FleetVmWire, RunRequest, RunState, RunStatus, SlotReply } from '../coordinator/schemas.js';
+import type { AgentVm, DigestReply, FleetVmWire, IncomingRequest, QemuMachine, RunRequest, RunState, RunStatus, SlotReply } from '../coordinator/schemas.js';
 import type { SimSourceVm } from './sim-agents.js';
 import type { MigrationHooks, SourceMigrationResult, SourceVm } from './source-vm.js';
 import { createRemoteScatter } from './remote-scatter.js';
@@ -31,6 +31,11 @@ export interface HostedVm {
   runState(): 'running' | 'stopped' | 'unknown';
   /** RAM digest for verification (only meaningful while stopped); undefined: cannot tell. */
   digest?(): string;
+  /**
+   * A QEMU guest's machine: the target agent is told it before the VM is sent (it starts that
+   * machine with -incoming defer), and the VM counts as verified once its target QEMU runs.
+   */
+  machine?: QemuMachine;
 }
 
 export function hostedSimVm(vm: SimSourceVm): HostedVm {
@@ -301,13 +306,24 @@ export class SourceRun {
     if (lost !== undefined) throw new VmsError(ErrorCode.AGENT, `target ${target} lost: ${lost}`);
     const own = this.vmAbort(vm);
     try {
-      await this.acquireSlot(vm, target, AbortSignal.any([signal, own.signal]));
+      const both = AbortSignal.any([signal, own.signal]);
+      await this.acquireSlot(vm, target, both);
       // Granted just as the job was cancelled or the target lost: do not start.
       if (signal.aborted || own.signal.aborted) throw abortReason(own.signal.aborted ? own.signal : signal, `migration of ${vm} cancelled before it started`);
+      const machine = this.host.vm(vm)?.hosted.machine;
+      if (machine) await this.announceMachine(vm, target, machine, both);
     } catch (e) {
       if (own.signal.aborted && isVmsError(own.signal.reason)) throw own.signal.reason;
       throw e;
     }
+  }
+
+  /** Tell a target agent which QEMU machine to start for the VM that comes next. */
+  private async announceMachine(vm: string, target: string, machine: QemuMachine, signal: AbortSignal): Promise<void> {
+    const t = this.req.targets.find((x) => x.name === target);
+    if (!t) throw new VmsError(ErrorCode.AGENT, `no control URL for target ${target}`);
+    const body: IncomingRequest = { job: this.job, machine };
+    await controlCall(t.controlUrl, `/v1/incoming/${encodeURIComponent(vm)}`, { method: 'PUT', body, token: this.host.opts.token, peer: `target agent ${t.name}`, timeoutMs: 30_000, signal });
   }
 
   /** @internal Wait until the coordinator grants a migration slot for vm -> target. */
@@ -368,11 +384,18 @@ export class SourceRun {
     return async (vm, report) => {
       const o = owned.find((x) => x.hosted.vm.name === vm.name);
       const mine = o?.hosted.digest?.();
-      if (!mine) return { verified: false, detail: 'this VM kind cannot be verified by digest' };
+      const qemu = o?.hosted.machine !== undefined;
+      if (!mine && !qemu) return { verified: false, detail: 'this VM kind cannot be verified by digest' };
       const t = this.req.targets.find((x) => x.name === report.target);
       if (!t) return { verified: false, detail: `no control URL for target ${report.target}` };
       try {
         const d = await controlCall<DigestReply>(t.controlUrl, `/v1/vms/${encodeURIComponent(vm.name)}/digest`, { token: this.host.opts.token, peer: `target agent ${t.name}`, timeoutMs: 120_000 });
+        if (!mine) {
+          // A QEMU guest runs on at once: its RAM cannot be compared, but its target must run it.
+          return d.state === 'running'
+            ? { verified: true, by: 'running', detail: `target QEMU on ${t.name} runs the guest (a running guest's RAM is not compared)` }
+            : { verified: false, detail: `target QEMU on ${t.name} is ${d.state}${d.detail ? `: ${d.detail}` : ''}` };
+        }
         if (!d.digest) return { verified: false, detail: `target has no image of the VM: ${d.detail ?? d.state}` };
         return d.digest === mine ? { verified: true } : { verified: false, detail: `RAM digest on ${t.name} differs from the source's (${d.digest.slice(0, 12)} vs ${mine.slice(0, 12)})` };
       } catch (e) {

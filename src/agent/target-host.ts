@@ -1,14 +1,22 @@
 /**
  * The target agent's state: the converge server (TargetAgent, with the host's content store) and
- * the VMs it received, rebuilt into simulated targets (QEMU targets later, through the same
- * IncomingFactory). It answers which VMs it holds and their RAM digests, for verification.
+ * the VMs it received: rebuilt into simulated targets, or (agent.fleet "qemu") loaded into a
+ * target QEMU started per incoming VM with the machine its source agent announced
+ * (PUT /v1/incoming/:vm). It answers which VMs it holds and, for simulated ones, their RAM
+ * digests for verification.
  */
+import { existsSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { TargetAgent } from './target-agent.js';
 import { SimTargetHost } from './sim-agents.js';
 import { ramImageDigest } from './vm-digest.js';
-import type { AgentVm, DigestReply } from '../coordinator/schemas.js';
+import { QemuTargetHost } from './qemu-agents.js';
+import { machineLaunch, machineRamBytes } from './qemu-guests.js';
+import type { AgentVm, DigestReply, QemuMachine } from '../coordinator/schemas.js';
+import { ErrorCode, VmsError } from '../errors.js';
+import type { LaunchOptions } from '../qemu/launcher.js';
 import type { IncomingFactory, IncomingVm } from '../transport/converge-target.js';
+import type { HelloFrame } from '../wire/converge-frame.js';
 import { ScatterReceiver, sessionFromJson } from '../transport/scatter.js';
 
 interface Received {
@@ -26,42 +34,97 @@ export interface TargetHostOptions {
   logger: Logger;
   /** Interface address multicast is received on (the scatter). */
   scatterInterface?: string;
+  /** Receive QEMU guests (a target QEMU per incoming VM) instead of simulated VMs. */
+  qemu?: boolean;
 }
 
 export class TargetHost {
   readonly name: string;
   readonly sim = new SimTargetHost();
+  /** The target QEMUs, when this host receives QEMU guests. */
+  readonly qemu: QemuTargetHost | undefined;
   readonly agent: TargetAgent;
   private readonly received = new Map<string, Received>();
   private readonly receivers = new Map<string, ScatterReceiver>();
+  /** Machines announced by source agents, by VM: what a target QEMU is started as. */
+  private readonly machines = new Map<string, LaunchOptions>();
+  private readonly announced = new Map<string, { job: string; machine: QemuMachine }>();
 
   constructor(private readonly opts: TargetHostOptions) {
     this.name = opts.name;
+    this.qemu = opts.qemu ? new QemuTargetHost({ name: opts.name, sources: this.machines, logger: opts.logger }) : undefined;
     const incoming: IncomingFactory = (hello) => {
       const rec: Received = { job: hello.job, state: 'receiving', memoryBytes: 0 };
       this.received.set(hello.vm, rec);
       const log = opts.logger.child({ job: hello.job, vm: hello.vm, target: this.name });
+      const failed = (e: unknown): void => {
+        rec.state = 'failed';
+        rec.detail = (e as Error).message;
+        // A discarded VM holds no memory here.
+        this.sim.images.delete(hello.vm);
+        log.warn({ err: rec.detail }, 'incoming VM discarded');
+      };
+      const arrived = (memoryBytes: number): void => {
+        rec.state = 'running';
+        rec.memoryBytes = memoryBytes;
+        log.info({ memoryBytes }, 'VM running on this target');
+      };
+      if (this.qemu) {
+        const p = this.incomingQemu(hello);
+        p.then(
+          (inc) => inc.done.then(() => arrived(this.announcedBytes(hello.vm)), failed),
+          failed,
+        );
+        return p;
+      }
       // SimTargetHost builds its incoming VM synchronously.
       const inc = this.sim.incoming(hello) as IncomingVm;
-      inc.done.then(
-        () => {
-          rec.state = 'running';
-          const image = this.sim.images.get(hello.vm);
-          rec.memoryBytes = image?.blocks.reduce((s, b) => s + b.usedLength, 0) ?? 0;
-          log.info({ memoryBytes: rec.memoryBytes }, 'VM running on this target');
-        },
-        (e: unknown) => {
-          rec.state = 'failed';
-          rec.detail = (e as Error).message;
-          // A discarded VM holds no memory here.
-          this.sim.images.delete(hello.vm);
-          log.warn({ err: rec.detail }, 'incoming VM discarded');
-        },
-      );
+      inc.done.then(() => {
+        const image = this.sim.images.get(hello.vm);
+        arrived(image?.blocks.reduce((s, b) => s + b.usedLength, 0) ?? 0);
+      }, failed);
       return inc;
     };
     // Content ids are per job (each source's index numbers its own): one store per job.
     this.agent = new TargetAgent({ name: opts.name, host: opts.host, port: opts.port, incoming, logger: opts.logger, storePerJob: true });
+  }
+
+  /** What this host receives, as agents register it. */
+  get kind(): 'sim' | 'qemu' {
+    return this.qemu ? 'qemu' : 'sim';
+  }
+
+  /**
+   * A source agent announces the machine of a VM it is about to send (QEMU hosts only). A VM
+   * already here or arriving cannot be announced again.
+   */
+  expect(vm: string, job: string, machine: QemuMachine): void {
+    if (!this.qemu) {
+      throw new VmsError(ErrorCode.CONFIG, `target agent ${this.name} receives simulated VMs (agent.fleet sim); it cannot start QEMU guest ${vm}. Start it with --fleet qemu`);
+    }
+    const r = this.received.get(vm);
+    if (r && r.state !== 'failed') throw new VmsError(ErrorCode.CONFLICT, `VM ${vm} is already ${r.state === 'running' ? 'running' : 'arriving'} on ${this.name} (job ${r.job})`);
+    // Files the machine boots from are this host's: say so now, not when QEMU fails to start.
+    for (const [what, path] of [['kernel', machine.kernel], ['initrd', machine.initrd]] as const) {
+      if (path !== undefined && !existsSync(path)) throw new VmsError(ErrorCode.CONFIG, `target ${this.name} has no ${what} ${path} for VM ${vm}; the machine's files must exist on every target`);
+    }
+    this.machines.set(vm, machineLaunch(machine));
+    this.announced.set(vm, { job, machine });
+  }
+
+  private incomingQemu(hello: HelloFrame): Promise<IncomingVm> {
+    const a = this.announced.get(hello.vm);
+    if (!a || a.job !== hello.job) {
+      return Promise.reject(
+        new VmsError(ErrorCode.CONFIG, `target ${this.name}: VM ${hello.vm} of job ${hello.job} arrived, but its source announced no QEMU machine for it${a ? ` (one for job ${a.job})` : ''}`),
+      );
+    }
+    return Promise.resolve(this.qemu!.incoming(hello));
+  }
+
+  private announcedBytes(vm: string): number {
+    const a = this.announced.get(vm);
+    return a ? machineRamBytes(a.machine) : 0;
   }
 
   listen(): Promise<{ host: string; port: number }> {
@@ -88,16 +151,24 @@ export class TargetHost {
     const r = this.received.get(vm);
     if (!r) return undefined;
     if (r.state !== 'running') return { vm, state: r.state, ...(r.detail ? { detail: r.detail } : {}) };
+    // A target QEMU runs the guest on: there is no fixed image to digest.
+    if (this.qemu) return { vm, state: r.state, detail: 'QEMU guest running; its RAM is not digested' };
     const image = this.sim.images.get(vm);
     if (!image) return { vm, state: r.state, detail: 'image gone' };
     r.digest ??= ramImageDigest(image);
     return { vm, state: r.state, digest: r.digest };
   }
 
-  /** Forget a VM (the operator shut it down here). */
+  /**
+   * Forget a VM: the operator took it over (a QEMU guest runs on, no longer watched here) or
+   * shut it down.
+   */
   forget(vm: string): boolean {
     this.sim.images.delete(vm);
     this.sim.deviceState.delete(vm);
+    this.qemu?.release(vm)?.guest.detach();
+    this.machines.delete(vm);
+    this.announced.delete(vm);
     return this.received.delete(vm);
   }
 
@@ -125,9 +196,17 @@ export class TargetHost {
     return this.agent.dropStore(job);
   }
 
-  close(): Promise<void> {
+  /**
+   * Stop receiving. Target QEMUs still loading are discarded; guests that arrived run on without
+   * this agent (they are guests now, not ours to stop).
+   */
+  async close(): Promise<void> {
     for (const r of this.receivers.values()) r.close();
     this.receivers.clear();
-    return this.agent.close();
+    await this.agent.close();
+    if (this.qemu) {
+      for (const vm of [...this.qemu.vms.keys()]) this.qemu.release(vm)?.guest.detach();
+      await this.qemu.dispose();
+    }
   }
 }

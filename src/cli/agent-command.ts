@@ -1,6 +1,8 @@
 /**
  * `vmscatter agent --role source|target`: a source host (simulated VMs by default: --fleet
- * sim:vms=8,memoryMiB=256) or a target host, registered with the coordinator.
+ * sim:vms=8,memoryMiB=256; running QEMU guests: --fleet qemu:GUESTS.json) or a target host
+ * (simulated VMs, or --fleet qemu: a target QEMU per incoming guest), registered with the
+ * coordinator.
  */
 import { envConfig, FleetSchema, mergeConfig, readConfigFile, resolveConfig, type EvacuationConfig } from '../config.js';
 import { ErrorCode, VmsError } from '../errors.js';
@@ -37,10 +39,24 @@ export function parseFleetSpec(spec: string): Record<string, number> {
   return parseNumberPairs(m[1] ?? '', FLEET_KEYS, '--fleet');
 }
 
+/**
+ * --fleet: `sim[:key=value,...]` (simulated VMs), `qemu` (a target receiving QEMU guests) or
+ * `qemu:FILE` (a source migrating the running QEMU guests FILE lists).
+ */
+export function parseAgentFleet(spec: string): { agent: { fleet: 'sim' | 'qemu'; guests?: string }; fleet?: Record<string, number> } {
+  const q = /^qemu(?::(.*))?$/.exec(spec.trim());
+  if (!q) return { agent: { fleet: 'sim' }, fleet: parseFleetSpec(spec) };
+  const file = q[1]?.trim();
+  if (q[1] !== undefined && !file) throw new VmsError(ErrorCode.CONFIG, '--fleet qemu:FILE needs the guests file after the colon');
+  return { agent: { fleet: 'qemu', ...(file ? { guests: file } : {}) } };
+}
+
 export function agentConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = process.env): EvacuationConfig {
   const file = flags.config ?? env.VMSCATTER_CONFIG;
+  const fleet = flags.fleet ? parseAgentFleet(flags.fleet) : undefined;
   const fromFlags = {
     agent: {
+      ...fleet?.agent,
       role: flags.role,
       name: flags.name,
       listen: flags.listen,
@@ -52,7 +68,7 @@ export function agentConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = process.
       register: flags.register === false ? false : undefined,
     },
     coordinator: { url: flags.coordinator },
-    fleet: flags.fleet ? parseFleetSpec(flags.fleet) : undefined,
+    fleet: fleet?.fleet,
     migration: { maxBandwidthMiBps: flags.maxBandwidthMibps },
     // commander defaults --no-scatter's value to true: only an explicit --no-scatter counts.
     scatter: { enabled: flags.scatter === false ? false : undefined, interface: flags.scatterInterface, mtu: flags.mtu },
@@ -64,7 +80,8 @@ export function agentConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = process.
 export async function agentCommand(flags: AgentFlags): Promise<void> {
   const cfg = agentConfig(flags);
   const a = await startAgent(cfg);
-  const what = a.role === 'source' ? `${a.source?.listVms().length ?? 0} simulated VMs` : `converge on ${a.data?.host}:${a.data?.port}`;
+  const kind = cfg.agent.fleet === 'qemu' ? 'QEMU guests' : 'simulated VMs';
+  const what = a.role === 'source' ? `${a.source?.listVms().length ?? 0} ${kind}` : `${kind}, converge on ${a.data?.host}:${a.data?.port}`;
   process.stdout.write(`vmscatter agent ${a.name} (${a.role}) listening on ${a.url}; ${what}; coordinator ${cfg.coordinator.url}\n`);
   const missing = missingNodeFlags();
   if (missing.length > 0)

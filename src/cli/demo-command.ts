@@ -132,7 +132,7 @@ export function formatSummary(r: EvacuationReport): string {
     MB(v.plainBytes),
     MB(v.wireBytes),
     `${v.pagesRef}/${v.pagesStored}/${v.pagesWhole}`,
-    v.ok ? (v.verified ? 'yes' : 'n/a') : `NO ${v.error ?? v.verifyDetail ?? ''}`,
+    v.ok ? (v.verified ? (v.verifiedBy === 'running' ? 'running' : 'yes') : 'n/a') : `NO ${v.error ?? v.verifyDetail ?? ''}`,
   ]);
   const head = ['vm', 'target', 'rounds', 'downtime ms', 'plain MB', 'sent MB', 'ref/store/whole', 'verified'];
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
@@ -147,6 +147,15 @@ export function formatSummary(r: EvacuationReport): string {
   out += `phases (ms): ${Object.entries(r.phasesMs)
     .map(([k, v]) => `${k} ${Math.round(v)}`)
     .join(', ')}\n`;
-  out += r.ok ? `all ${r.vms.length} VMs rebuilt byte-identical on their targets\n` : `FAILED: ${r.vms.filter((v) => !v.ok).length} VM(s) not migrated or not identical\n`;
+  out += r.ok ? `${verdict(r.vms)}\n` : `FAILED: ${r.vms.filter((v) => !v.ok).length} VM(s) not migrated or not identical\n`;
   return out;
+}
+
+/** What a successful job's checks showed, without claiming more than was compared. */
+function verdict(vms: EvacuationReport['vms']): string {
+  const ram = vms.filter((v) => v.verified && v.verifiedBy !== 'running').length;
+  const running = vms.filter((v) => v.verified && v.verifiedBy === 'running').length;
+  if (ram === vms.length) return `all ${vms.length} VMs rebuilt byte-identical on their targets`;
+  const parts = [ram > 0 ? `${ram} rebuilt byte-identical` : '', running > 0 ? `${running} running on their targets (RAM not compared)` : '', vms.length - ram - running > 0 ? `${vms.length - ram - running} not verified` : ''];
+  return `all ${vms.length} VMs moved: ${parts.filter(Boolean).join(', ')}`;
 }

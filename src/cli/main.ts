@@ -79,6 +79,16 @@ program
     });
   });
 
+program
+  .command('qemu-command')
+  .description('print the QEMU command line that starts each guest of a guests file as the machine it describes (RAM file, vmscatter\'s QMP socket): a guest a source agent with --fleet qemu:FILE can migrate')
+  .argument('<guests>', 'guests file (docs/operations.md, "QEMU guests")')
+  .option('--name <vm>', 'only this guest')
+  .action(async (file: string, opts: { name?: string }) => {
+    const { qemuCommand } = await import('./qemu-command.js');
+    qemuCommand(file, opts);
+  });
+
 // coordinator, agent, evacuate, plan, jobs, cancel, agents
 registerServiceCommands(program);
 

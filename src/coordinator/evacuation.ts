@@ -46,7 +46,13 @@ export type ScatterRunner = (
   ctx: { signal: AbortSignal; onProgress: (bytesDone: number, bytesTotal: number) => void },
 ) => Promise<ScatterOutcome>;
 
-export type VmVerifier = (vm: SourceVm, report: VmMigrationReport) => Promise<{ verified: boolean; detail?: string }>;
+/**
+ * How a VM was verified: `ram`, its rebuilt RAM equals the stopped source's (simulated targets);
+ * `running`, its target runs it (a QEMU guest runs on at once: there is no fixed RAM to compare).
+ */
+export type VerifiedBy = 'ram' | 'running';
+
+export type VmVerifier = (vm: SourceVm, report: VmMigrationReport) => Promise<{ verified: boolean; detail?: string; by?: VerifiedBy }>;
 
 export interface EvacuationInput {
   job: string;
@@ -97,6 +103,8 @@ export interface VmOutcome {
   resentPages?: number;
   deviceStateBytes?: number;
   verified: boolean;
+  /** How it was verified (when verified). */
+  verifiedBy?: VerifiedBy;
   verifyDetail?: string;
 }
 
@@ -250,7 +258,7 @@ export async function runEvacuation(input: EvacuationInput): Promise<EvacuationR
   );
 
   // 5. Verify what can be verified (simulated targets: byte for byte against the stopped source).
-  const verified = new Map<string, { verified: boolean; detail?: string }>();
+  const verified = new Map<string, { verified: boolean; detail?: string; by?: VerifiedBy }>();
   if (input.verify) {
     const verify = input.verify;
     await timed(
@@ -266,7 +274,11 @@ export async function runEvacuation(input: EvacuationInput): Promise<EvacuationR
           emit({ type: 'progress', phase: Phase.VERIFY, key: 'all', done: ++done, total: reports.size, unit: 'vms' });
         }
       },
-      () => `${[...verified.values()].filter((v) => v.verified).length}/${reports.size} identical`,
+      () => {
+        const ok = [...verified.values()].filter((v) => v.verified);
+        const running = ok.filter((v) => v.by === 'running').length;
+        return `${ok.length - running}/${reports.size} identical${running > 0 ? `, ${running} running on their targets (RAM not compared)` : ''}`;
+      },
     );
   }
 
@@ -290,6 +302,7 @@ export async function runEvacuation(input: EvacuationInput): Promise<EvacuationR
       ...(r.resentPages !== undefined ? { resentPages: r.resentPages } : {}),
       ...(r.deviceStateBytes !== undefined ? { deviceStateBytes: r.deviceStateBytes } : {}),
       verified: v?.verified === true,
+      ...(v?.verified ? { verifiedBy: v.by ?? 'ram' } : {}),
       ...(v?.detail ? { verifyDetail: v.detail } : {}),
     };
   });

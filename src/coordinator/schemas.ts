@@ -282,3 +282,44 @@ export const RunParams = Type.Object({ job: JobId });
 export const VmParams = Type.Object({ name: VmName });
 export const DigestReply = Type.Object({ vm: Type.String(), state: Type.String(), digest: Type.Optional(Type.String()), detail: Type.Optional(Type.String()) });
 export type DigestReply = Static<typeof DigestReply>;
+
+// ------------------------------------------------------------------ QEMU guests (agent.fleet "qemu")
+
+/**
+ * The machine a QEMU guest is: what a target needs to start the same machine with
+ * `-incoming defer` (src/qemu/launcher.ts qemuArgs builds the command line from it). The source
+ * QEMU must have been started as the same machine.
+ */
+export const QemuMachine = Type.Object(
+  {
+    memoryMiB: Type.Integer({ minimum: 4, maximum: 4_194_304, description: 'guest RAM, MiB (TCG guests get 8 KiB more, see docs/operations.md)' }),
+    kernel: Type.Optional(Type.String({ minLength: 1, description: 'kernel file on the target (absent: the guest boots from what extraArgs gives it)' })),
+    initrd: Type.Optional(Type.String({ minLength: 1 })),
+    append: Type.Optional(Type.String({ description: 'kernel command line' })),
+    accel: Type.Optional(Type.String({ pattern: '^[a-z]+$', description: 'QEMU accelerator (default tcg)' })),
+    cpu: Type.Optional(Type.String({ minLength: 1 })),
+    smp: Type.Optional(Type.Integer({ minimum: 1, maximum: 1024 })),
+    machine: Type.Optional(Type.String({ minLength: 1, description: 'QEMU machine type' })),
+    qemuBinary: Type.Optional(Type.String({ minLength: 1 })),
+    extraArgs: Type.Optional(Type.Array(Type.String(), { maxItems: 256, description: 'further QEMU arguments, e.g. the devices and disks on shared storage' })),
+  },
+  { additionalProperties: false },
+);
+export type QemuMachine = Static<typeof QemuMachine>;
+
+/** A source agent tells the target which machine to start for a VM before it sends the VM. */
+export const IncomingRequest = Type.Object({ job: JobId, machine: QemuMachine }, { additionalProperties: false });
+export type IncomingRequest = Static<typeof IncomingRequest>;
+
+/** One guest of a source agent's guests file (agent.guests). */
+export const QemuGuestEntry = Type.Object(
+  {
+    name: VmName,
+    qmp: Type.String({ minLength: 1, description: 'a QMP unix socket of the running QEMU reserved for vmscatter' }),
+    ramFile: Type.String({ minLength: 1, description: "the guest RAM's memory-backend-file (share=on), e.g. under /dev/shm" }),
+    machine: QemuMachine,
+  },
+  { additionalProperties: false },
+);
+export const QemuGuestsFile = Type.Object({ guests: Type.Array(QemuGuestEntry, { minItems: 1 }) }, { additionalProperties: false });
+export type QemuGuestsFile = Static<typeof QemuGuestsFile>;

@@ -215,6 +215,11 @@ export class QemuGuest {
   readonly ramPath: string | undefined;
   readonly memoryMiB: number;
   readonly args: readonly string[];
+  /**
+   * Started by someone else and only attached to through its QMP socket (attachGuest): never
+   * signalled, killed or cleaned up here; it is alive while its QMP connection is.
+   */
+  readonly adopted: boolean;
   private readonly ownsWorkDir: boolean;
   private readonly ownsRamFile: boolean;
   private exited = false;
@@ -235,7 +240,9 @@ export class QemuGuest {
     ownsRamFile: boolean;
     memoryMiB: number;
     args: readonly string[];
+    adopted?: boolean;
   }) {
+    this.adopted = init.adopted === true;
     this.name = init.name;
     this.pid = init.pid;
     this.qmp = init.qmp;
@@ -249,13 +256,15 @@ export class QemuGuest {
     this.ownsRamFile = init.ownsRamFile;
     this.memoryMiB = init.memoryMiB;
     this.args = init.args;
+    if (this.adopted) return;
     live.add(this);
     installExitHook();
   }
 
-  /** True while our QEMU process exists (a zombie counts as gone). */
+  /** True while our QEMU process exists (a zombie counts as gone); adopted: while QMP is connected. */
   isAlive(): boolean {
     if (this.exited) return false;
+    if (this.adopted) return !this.qmp.closed;
     try {
       const st = readFileSync(`/proc/${this.pid}/stat`, 'latin1');
       const state = st.slice(st.lastIndexOf(')') + 2, st.lastIndexOf(')') + 3);
@@ -465,6 +474,7 @@ export class QemuGuest {
 
   /** Ask QEMU to quit (QMP "quit"); kill it if it does not. */
   async quit(timeoutMs = 5000): Promise<void> {
+    if (this.adopted) throw new VmsError(ErrorCode.QEMU, `guest ${this.name} was started by someone else; vmscatter does not quit it`);
     if (this.isAlive()) {
       await this.qmp.execute('quit', undefined, { timeoutMs }).catch(() => {});
       if (await this.waitForExit(timeoutMs)) {
@@ -478,6 +488,7 @@ export class QemuGuest {
   /** SIGTERM, then SIGKILL after graceMs. Only ever signals our own QEMU's pid. */
   async kill(graceMs: number = QEMU_DEFAULTS.killGraceMs): Promise<void> {
     this.qmp.destroy();
+    if (this.adopted) return; // not ours to kill: only our connection goes
     if (!this.isAlive()) {
       this.exited = true;
       return;
@@ -500,6 +511,7 @@ export class QemuGuest {
 
   /** Synchronous last resort for process exit hooks. */
   killSync(): void {
+    if (this.adopted) return;
     if (this.isAlive()) {
       try {
         process.kill(this.pid, 'SIGKILL');
@@ -510,7 +522,17 @@ export class QemuGuest {
     this.cleanupFilesSync();
   }
 
-  /** Kill QEMU and remove the files this guest created. Safe to call twice. */
+  /**
+   * Let the guest run on without this process: it is no longer killed at exit or by
+   * killAllGuests(), and the QMP connection closes. Its files stay (QEMU uses them).
+   */
+  detach(): void {
+    live.delete(this);
+    this.disposed = true;
+    this.qmp.destroy();
+  }
+
+  /** Kill QEMU and remove the files this guest created (adopted: only disconnect). Safe to call twice. */
   async dispose(): Promise<void> {
     if (this.disposed) return;
     this.disposed = true;
@@ -518,12 +540,15 @@ export class QemuGuest {
       await this.kill();
     } finally {
       live.delete(this);
-      if (this.ownsWorkDir) await rm(this.workDir, { recursive: true, force: true });
-      else {
-        const own = [this.serialPath, this.qmpPath, this.pidPath, this.logPath].filter((p): p is string => p !== undefined);
-        await Promise.all(own.map((p) => rm(p, { force: true })));
+      if (!this.adopted) {
+        // An adopted guest's files are its owner's.
+        if (this.ownsWorkDir) await rm(this.workDir, { recursive: true, force: true });
+        else {
+          const own = [this.serialPath, this.qmpPath, this.pidPath, this.logPath].filter((p): p is string => p !== undefined);
+          await Promise.all(own.map((p) => rm(p, { force: true })));
+        }
+        if (this.ownsRamFile && this.ramPath !== undefined) await rm(this.ramPath, { force: true });
       }
-      if (this.ownsRamFile && this.ramPath !== undefined) await rm(this.ramPath, { force: true });
     }
   }
 
@@ -573,7 +598,10 @@ export function qemuArgs(
 ): string[] {
   const kernel = opts.kernel ?? opts.image?.kernel;
   const initrd = opts.initrd ?? opts.image?.initrd;
-  if (kernel === undefined) throw new VmsError(ErrorCode.CONFIG, 'launchGuest needs a kernel: pass image (from buildGuest()) or kernel');
+  // Without a kernel the guest boots from what extraArgs gives it (a disk, say).
+  if (kernel === undefined && (opts.extraArgs ?? []).length === 0) {
+    throw new VmsError(ErrorCode.CONFIG, 'launchGuest needs a kernel (image from buildGuest(), or kernel) or extraArgs that give the guest something to boot');
+  }
   const accel = opts.accel ?? QEMU_DEFAULTS.accel;
   const memKiB = (opts.memoryMiB ?? QEMU_DEFAULTS.memoryMiB) * 1024 + (accel === 'tcg' ? TCG_RAM_PAD_KIB : 0);
   const machine = opts.machine ?? QEMU_DEFAULTS.machine;
@@ -593,10 +621,12 @@ export function qemuArgs(
     '-nodefaults',
     '-display', 'none',
     '-no-user-config',
-    '-kernel', kernel,
   );
-  if (initrd !== undefined) args.push('-initrd', initrd);
-  args.push('-append', opts.append ?? workloadAppend(opts.workload));
+  if (kernel !== undefined) {
+    args.push('-kernel', kernel);
+    if (initrd !== undefined) args.push('-initrd', initrd);
+    args.push('-append', opts.append ?? workloadAppend(opts.workload));
+  }
   args.push(
     '-serial', `file:${files.serialPath}`,
     '-qmp', `unix:${files.qmpPath},server=on,wait=off`,
@@ -699,6 +729,52 @@ export async function launchGuest(opts: LaunchOptions = {}): Promise<QemuGuest> 
     await cleanupOnFail();
     throw err;
   }
+}
+
+export interface AttachOptions {
+  readonly name: string;
+  /** A QMP socket of the running QEMU that nobody else is connected to. */
+  readonly qmpPath: string;
+  /** Its RAM's memory-backend file (share=on), for the scan. */
+  readonly ramPath?: string;
+  /** Where files of this process about the guest go (migration sockets). */
+  readonly workDir: string;
+  readonly memoryMiB: number;
+  readonly connectTimeoutMs?: number;
+}
+
+/**
+ * Attach to a QEMU this process did not start, through a QMP socket of its own. The guest is
+ * `adopted`: nothing here ever signals, kills or removes files of it; dispose() only disconnects.
+ */
+export async function attachGuest(o: AttachOptions): Promise<QemuGuest> {
+  if (!/^[A-Za-z0-9._-]+$/.test(o.name)) throw new VmsError(ErrorCode.CONFIG, `guest name ${JSON.stringify(o.name)}: use letters, digits, . _ -`);
+  let qmp: QmpClient;
+  try {
+    qmp = await QmpClient.connect(o.qmpPath, { timeoutMs: o.connectTimeoutMs ?? 10_000 });
+  } catch (e) {
+    throw new VmsError(
+      ErrorCode.QEMU,
+      `cannot attach to guest ${o.name} at QMP socket ${o.qmpPath}: ${(e as Error).message} (a QMP socket takes one client at a time: give vmscatter its own, e.g. a second -qmp)`,
+      { cause: e },
+    );
+  }
+  return new QemuGuest({
+    name: o.name,
+    pid: -1,
+    qmp,
+    workDir: o.workDir,
+    ownsWorkDir: false,
+    serialPath: '',
+    qmpPath: o.qmpPath,
+    pidPath: '',
+    logPath: undefined,
+    ramPath: o.ramPath,
+    ownsRamFile: false,
+    memoryMiB: o.memoryMiB,
+    args: [],
+    adopted: true,
+  });
 }
 
 async function readPid(pidPath: string, timeoutMs: number): Promise<number> {

@@ -12,11 +12,14 @@ import { AgentRegistry, type AgentRecord } from '../../src/coordinator/agents-re
 import { decodeContents, encodeContents } from '../../src/coordinator/fleet-wire.js';
 import { MigrationSlots } from '../../src/coordinator/migration-slots.js';
 import { FileStateStore } from '../../src/coordinator/state-store.js';
-import { agentConfig, parseFleetSpec } from '../../src/cli/agent-command.js';
+import { agentConfig, parseAgentFleet, parseFleetSpec } from '../../src/cli/agent-command.js';
 import { parseWorkloadSpec } from '../../src/cli/key-values.js';
 import { checkWorkloadFits, GUEST_OS_MIB } from '../../src/qemu/guest-builder.js';
 import { coordinatorConfig } from '../../src/cli/coordinator-command.js';
 import { AdmittedVm, type SourceRun } from '../../src/agent/source-host.js';
+import { startAgent } from '../../src/agent/agent-main.js';
+import { formatSummary } from '../../src/cli/demo-command.js';
+import type { EvacuationReport } from '../../src/coordinator/evacuation.js';
 import type { MigrationHooks, SourceVm } from '../../src/agent/source-vm.js';
 import { PassThrough } from 'node:stream';
 
@@ -169,6 +172,18 @@ describe('configuration', () => {
     expect(() => parseFleetSpec('sim:vms=')).toThrow(/vms must be a number/);
   });
 
+  it('parses --fleet qemu[:FILE] into agent.fleet and agent.guests; sim stays the default', () => {
+    expect(parseAgentFleet('qemu:/etc/vmscatter/guests.json')).toEqual({ agent: { fleet: 'qemu', guests: '/etc/vmscatter/guests.json' } });
+    expect(parseAgentFleet('qemu')).toEqual({ agent: { fleet: 'qemu' } });
+    expect(parseAgentFleet('sim:vms=2')).toEqual({ agent: { fleet: 'sim' }, fleet: { vms: 2 } });
+    expect(() => parseAgentFleet('qemu:')).toThrow(/needs the guests file/);
+    expect(() => parseAgentFleet('kvm')).toThrow(/"sim" or "sim:key=value/);
+    const cfg = agentConfig({ role: 'source', fleet: 'qemu:/g.json' }, { VMSCATTER_TOKEN: 't'.repeat(16) });
+    expect(cfg.agent).toMatchObject({ fleet: 'qemu', guests: '/g.json' });
+    expect(agentConfig({ role: 'target' }, {}).agent.fleet).toBe('sim');
+    expect(() => resolveConfig({ agent: { fleet: 'xen' } })).toThrow(/\/agent\/fleet/);
+  });
+
   it('parses --workload key=value into QEMU guest workload parameters, and checks they fit the guest', () => {
     expect(parseWorkloadSpec('uniqueMiB=64,dirtypagespertick=256,tickIntervalSec=0.2')).toEqual({ uniqueMiB: 64, dirtyPagesPerTick: 256, tickIntervalSec: 0.2 });
     expect(() => parseWorkloadSpec('')).toThrow(/--workload needs key=value/);
@@ -223,5 +238,44 @@ describe('AdmittedVm (a VM of an agent run)', () => {
     const hooks: MigrationHooks = { onPass: () => {}, onStopped: () => {} };
     await new AdmittedVm(inner, run).migrate(new PassThrough(), new AbortController().signal, hooks);
     expect(seen).toEqual([hooks]);
+  });
+});
+
+describe('PUT /v1/incoming/:vm (a source announces a QEMU machine to a target agent)', () => {
+  it('a QEMU target takes it once, checks its files exist there; a simulated-VM target refuses it', async () => {
+    const silent = pino({ level: 'silent' });
+    const start = (fleet: 'sim' | 'qemu') =>
+      startAgent(resolveConfig({ auth: { token: 't'.repeat(16) }, agent: { role: 'target', name: `t-${fleet}`, listen: '127.0.0.1:0', register: false, fleet } }), { logger: silent });
+    const [q, s] = await Promise.all([start('qemu'), start('sim')]);
+    try {
+      const put = (a: typeof q, vm: string, machine: Record<string, unknown>) =>
+        a.app.inject({ method: 'PUT', url: `/v1/incoming/${vm}`, headers: { authorization: `Bearer ${'t'.repeat(16)}` }, payload: { job: 'j1', machine } });
+      const here = process.execPath; // a file that exists on this host
+      const ok = await put(q, 'vm1', { memoryMiB: 64, kernel: here });
+      expect(ok.statusCode, ok.body).toBe(200);
+      expect(ok.json()).toEqual({ vm: 'vm1', job: 'j1' });
+      const missing = await put(q, 'vm2', { memoryMiB: 64, kernel: '/nonexistent/vmlinux' });
+      expect(missing.statusCode).toBe(422);
+      expect(missing.json().message).toMatch(/has no kernel \/nonexistent\/vmlinux for VM vm2/);
+      expect((await put(q, 'vm3', { memoryMiB: 'lots' })).statusCode).toBe(400);
+      const sim = await put(s, 'vm1', { memoryMiB: 64, kernel: here });
+      expect(sim.statusCode).toBe(422);
+      expect(sim.json().message).toMatch(/receives simulated VMs .* cannot start QEMU guest vm1/);
+    } finally {
+      await Promise.all([q.close(), s.close()]);
+    }
+  });
+});
+
+describe('the evacuation summary', () => {
+  const vm = (name: string, extra: Record<string, unknown>) => ({ name, target: 't1', ok: true, rounds: 2, forced: false, downtimeMs: 5, wireBytes: 1e6, plainBytes: 2e6, pagesWhole: 1, pagesStored: 0, pagesRef: 3, verified: false, ...extra });
+  const report = (vms: unknown[]) =>
+    ({ ok: true, vms, bytes: { wire: 1e6, converge: 1e6, scatter: 0, plainQemu: 2e6 }, index: { pages: 4, zeroPages: 0, distinct: 4, sharedAcrossVms: 0 }, phasesMs: { converge: 10 } }) as unknown as EvacuationReport;
+  it('claims byte-identical only for VMs whose RAM was compared', () => {
+    expect(formatSummary(report([vm('a', { verified: true, verifiedBy: 'ram' }), vm('b', { verified: true })]))).toMatch(/all 2 VMs rebuilt byte-identical on their targets/);
+    const mixed = formatSummary(report([vm('a', { verified: true, verifiedBy: 'ram' }), vm('q', { verified: true, verifiedBy: 'running' }), vm('n', {})]));
+    expect(mixed).toMatch(/all 3 VMs moved: 1 rebuilt byte-identical, 1 running on their targets \(RAM not compared\), 1 not verified/);
+    expect(mixed).not.toMatch(/all 3 VMs rebuilt byte-identical/);
+    expect(mixed).toMatch(/^q\s+t1 .* running$/m);
   });
 });

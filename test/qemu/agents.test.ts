@@ -1,0 +1,217 @@
+/**
+ * Running QEMU guests evacuated through the service, as an operator would: a coordinator, a
+ * source agent given the guests (`--fleet qemu:GUESTS.json`: a QMP socket reserved for vmscatter
+ * and the shared RAM file of each), target agents that start a target QEMU per incoming guest
+ * (`--fleet qemu`), and the job asked for over the HTTP API. Checked:
+ *  - a guests file that does not describe the running guest is refused at start;
+ *  - a guest sent to a target that receives simulated VMs fails before it is touched, and runs on;
+ *  - the evacuation: every guest resumes on its target, ticks on with an unchanged uniq_md5,
+ *    the source QEMU ends in postmigrate, and the job reports each VM verified as running.
+ * The guests are started here from the command line `vmscatter qemu-command` prints (standing in
+ * for whoever runs the VMs) and killed here by the pids in their pidfiles; the target QEMUs are
+ * the target agents' and are disposed of through them.
+ */
+import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { basename, join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { pino } from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startAgent, type AgentHandle } from '../../src/agent/agent-main.js';
+import type { QemuSourceVm } from '../../src/agent/qemu-agents.js';
+import { qemuCommandLines } from '../../src/cli/qemu-command.js';
+import { resolveConfig, type EvacuationConfig } from '../../src/config.js';
+import { buildCoordinator, type CoordinatorApp } from '../../src/coordinator/server.js';
+import { buildGuest, TICK_RE, workloadAppend, type GuestImage, type Tick } from '../../src/qemu/guest-builder.js';
+import { killAllGuests } from '../../src/qemu/launcher.js';
+import { TOKEN, waitFor } from '../coordinator/harness.js';
+import { qemuTestEnv, requireQemu } from './qemu-env.js';
+
+const env = await qemuTestEnv();
+const run = requireQemu(env, 'QEMU guests through the coordinator and agents');
+const MEM = 256;
+const NAMES = ['qa0', 'qa1'];
+const silent = pino({ level: process.env.VMSCATTER_TEST_LOG ?? 'silent' }, pino.destination(2));
+const auth = { authorization: `Bearer ${TOKEN}` };
+
+/** A guest the test started from `vmscatter qemu-command`'s line, as its owner would. */
+interface OwnGuest {
+  name: string;
+  pidPath: string;
+  serialPath: string;
+  ramFile: string;
+}
+
+/** The last TICK line in a serial log from byte `from` on, waiting up to timeoutMs for one. */
+async function tickAfter(serialPath: string, from: number, timeoutMs = 30_000): Promise<Tick & { end: number }> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const text = (await readFile(serialPath, 'latin1').catch(() => '')).slice(from);
+    const all = [...text.matchAll(new RegExp(TICK_RE.source, 'g'))];
+    const m = all.at(-1);
+    if (m) return { n: Number(m[1]), md5: m[2] ?? '', end: from + text.length };
+    if (Date.now() > deadline) throw new Error(`no TICK in ${serialPath} within ${timeoutMs} ms; tail ${JSON.stringify(text.slice(-300))}`);
+    await sleep(200);
+  }
+}
+
+function pidOf(g: OwnGuest): number | undefined {
+  try {
+    const pid = Number(readFileSync(g.pidPath, 'utf8').trim());
+    return readFileSync(`/proc/${pid}/cmdline`, 'latin1').includes(g.pidPath) ? pid : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+describe.skipIf(!run).sequential('QEMU guests evacuated through the coordinator and agents', () => {
+  let dir = '';
+  let image: GuestImage;
+  let app: CoordinatorApp;
+  const guests: OwnGuest[] = [];
+  const agents: AgentHandle[] = [];
+  let guestsFile = '';
+
+  function config(extra: Record<string, unknown>): EvacuationConfig {
+    return resolveConfig({
+      auth: { token: TOKEN },
+      log: { level: 'silent' },
+      coordinator: { stateDir: '', listen: '127.0.0.1:0', heartbeatIntervalMs: 200, agentLostAfterMs: 30_000, url: app ? app.coordinator.config.coordinator.url : undefined },
+      // QEMU stops the guest once what is left fits this; the pipeline is fast (README).
+      migration: { downtimeLimitMs: 20 },
+      ...extra,
+    });
+  }
+
+  async function agent(role: 'source' | 'target', name: string, agentExtra: Record<string, unknown>): Promise<AgentHandle> {
+    const a = await startAgent(config({ agent: { role, name, listen: '127.0.0.1:0', dataListen: '127.0.0.1:0', capacityMiB: 1024, ...agentExtra } }), { logger: silent });
+    agents.push(a);
+    return a;
+  }
+
+  async function writeGuests(file: string, memoryMiB = MEM): Promise<string> {
+    const path = join(dir, file);
+    const list = NAMES.map((name) => ({
+      name,
+      qmp: join(dir, `${name}.vms.qmp`),
+      ramFile: `/dev/shm/${basename(dir)}-${name}.ram`,
+      machine: { memoryMiB, kernel: image.kernel, initrd: image.initrd, append: workloadAppend() },
+    }));
+    await writeFile(path, JSON.stringify({ guests: list }, null, 2));
+    return path;
+  }
+
+  const get = (url: string) => app.inject({ method: 'GET', url, headers: auth });
+  const post = (url: string, payload: Record<string, unknown>) => app.inject({ method: 'POST', url, payload, headers: auth });
+
+  async function jobEnd(id: string, timeoutMs: number): Promise<Record<string, any>> {
+    return waitFor(
+      `job ${id} to end`,
+      async () => {
+        const j = (await get(`/v1/jobs/${id}`)).json();
+        return ['succeeded', 'failed', 'cancelled', 'interrupted'].includes(j.state) ? j : undefined;
+      },
+      timeoutMs,
+      250,
+    );
+  }
+
+  /** The source agent's own QMP view of a guest it migrates. */
+  function sourceStatus(name: string): Promise<string> {
+    const src = agents.find((a) => a.name === 'qsrc')!;
+    return (src.source!.vm(name)!.hosted.vm as QemuSourceVm).guest.status();
+  }
+
+  beforeAll(async () => {
+    image = await buildGuest({ log: (m) => console.log(`guest build: ${m}`) });
+    dir = await mkdtemp(join(tmpdir(), 'vmsq-agents-'));
+    guestsFile = await writeGuests('guests.json');
+    // The VMs' owner starts them with the command line vmscatter prints for the guests file.
+    const lines = qemuCommandLines(guestsFile);
+    for (const [i, name] of NAMES.entries()) {
+      const g = { name, pidPath: join(dir, `${name}.pid`), serialPath: join(dir, `${name}.serial`), ramFile: `/dev/shm/${basename(dir)}-${name}.ram` };
+      guests.push(g);
+      const r = spawnSync('sh', ['-c', lines[i]!], { encoding: 'utf8', timeout: 60_000 });
+      expect(r.status, `${lines[i]}\n${r.stderr}`).toBe(0);
+    }
+    await Promise.all(guests.map((g) => tickAfter(g.serialPath, 0, 180_000)));
+
+    app = await buildCoordinator({ config: config({}), logger: silent, slotWaitMs: 2000 });
+    await app.listen({ host: '127.0.0.1', port: 0 });
+    const a = app.server.address();
+    app.coordinator.config.coordinator.url = `http://127.0.0.1:${typeof a === 'object' && a ? a.port : 0}`;
+    // Room for one guest each: the evacuation uses both targets.
+    await agent('target', 'qt1', { fleet: 'qemu', capacityMiB: MEM + 16 });
+    await agent('target', 'qt2', { fleet: 'qemu', capacityMiB: MEM + 16 });
+    await agent('target', 'simt', {});
+    await agent('source', 'qsrc', { fleet: 'qemu', guests: guestsFile });
+    await waitFor('4 agents registered', async () => (await get('/v1/agents')).json().agents.length === 4);
+  }, 300_000);
+
+  afterAll(async () => {
+    // Arrived guests outlive their target agent by design: dispose of them through it first.
+    for (const a of agents) await a.target?.qemu?.dispose();
+    await Promise.all(agents.map((a) => a.close()));
+    await app?.close();
+    for (const g of guests) {
+      const pid = pidOf(g);
+      if (pid !== undefined) process.kill(pid, 'SIGKILL');
+      await waitFor(`${g.name} (pid ${pid}) gone`, () => pidOf(g) === undefined, 10_000);
+      await rm(g.ramFile, { force: true });
+    }
+    await killAllGuests();
+    if (dir) await rm(dir, { recursive: true, force: true });
+  }, 60_000);
+
+  it('refuses at start a guests file that does not describe the running guest, or is missing', async () => {
+    // Checked before the agent connects to QMP (the sockets are taken by qsrc).
+    const wrong = await writeGuests('wrong.json', MEM / 2);
+    const bad = (agentExtra: Record<string, unknown>) => startAgent(config({ agent: { role: 'source', name: 'bad', listen: '127.0.0.1:0', register: false, fleet: 'qemu', ...agentExtra } }), { logger: silent });
+    await expect(bad({ guests: wrong })).rejects.toThrow(/RAM file .* has \d+ bytes, but its machine \(memoryMiB 128, accel tcg\) gives \d+/);
+    await expect(bad({ guests: join(dir, 'none.json') })).rejects.toThrow(/cannot read the QEMU guests file/);
+    await expect(bad({})).rejects.toThrow(/needs the JSON file of its QEMU guests/);
+  });
+
+  it('a guest sent to a target that receives simulated VMs fails before it is touched, and runs on', async () => {
+    const g = guests[0]!;
+    const before = await tickAfter(g.serialPath, 0);
+    const r = await post('/v1/migrations', { pairs: [{ vm: g.name, target: 'simt' }] });
+    expect(r.statusCode, r.body).toBe(202);
+    const job = await jobEnd(r.json().id, 60_000);
+    expect(job.state, JSON.stringify(job)).toBe('failed');
+    expect(JSON.stringify(job)).toMatch(/receives simulated VMs/);
+    expect(await sourceStatus(g.name)).toBe('running');
+    const after = await tickAfter(g.serialPath, before.end);
+    expect(after.n).toBeGreaterThan(before.n);
+    expect(after.md5).toBe(before.md5);
+  }, 120_000);
+
+  it('evacuates the running guests into target QEMUs: they resume and tick on with the same memory', async () => {
+    const before = await Promise.all(guests.map((g) => tickAfter(g.serialPath, 0)));
+    const r = await post('/v1/evacuations', { source: 'qsrc', targets: ['qt1', 'qt2'], parallel: 1 });
+    expect(r.statusCode, r.body).toBe(202);
+    const job = await jobEnd(r.json().id, 240_000);
+    expect(job.state, JSON.stringify(job)).toBe('succeeded');
+    console.log(`evacuation through the agents: ${job.vms.map((v: Record<string, unknown>) => `${String(v.name)} -> ${String(v.target)} ${String(v.state)} (${String(v.detail ?? '')})`).join('; ')}`);
+    for (const v of job.vms) expect(v.state, JSON.stringify(v)).toBe('verified');
+    // The report says how: the targets run the guests; their RAM was not compared.
+    expect(job.report.vms.map((v: Record<string, unknown>) => v.verifiedBy)).toEqual(['running', 'running']);
+    const targets = agents.filter((a) => a.target?.qemu);
+    for (const [i, g] of guests.entries()) {
+      expect(await sourceStatus(g.name)).toBe('postmigrate');
+      const arrived = targets.map((a) => a.target!.qemu!.vms.get(g.name)).find((x) => x !== undefined);
+      expect(arrived, `${g.name} on a target QEMU`).toBeDefined();
+      const t = await arrived!.guest.nextTick(30_000);
+      expect(t.n, g.name).toBeGreaterThan(before[i]!.n);
+      expect(t.md5, g.name).toBe(before[i]!.md5);
+    }
+    // The source agent lists them as migrated; the targets as running.
+    const src = agents.find((a) => a.name === 'qsrc')!;
+    expect(src.source!.listVms().map((v) => v.state)).toEqual(['migrated', 'migrated']);
+    const onTargets = targets.flatMap((a) => a.target!.listVms());
+    expect(onTargets.filter((v) => v.state === 'running').map((v) => v.name).sort()).toEqual(NAMES);
+    expect(new Set(job.vms.map((v: Record<string, unknown>) => v.target)).size).toBe(2);
+  }, 300_000);
+});
