@@ -9,7 +9,7 @@ import { resolveConfig, type EvacuationConfig } from '../../src/config.js';
 import { startAgent, type AgentHandle } from '../../src/agent/agent-main.js';
 import { buildCoordinator, type CoordinatorApp } from '../../src/coordinator/server.js';
 import { encodeContents } from '../../src/coordinator/fleet-wire.js';
-import { parseSseText, TOKEN, waitFor } from './harness.js';
+import { parseSseText, TOKEN, waitFor, waitForJobEnd } from './harness.js';
 
 const silent = pino({ level: process.env.VMSCATTER_TEST_LOG ?? 'silent' }, pino.destination(2));
 const auth = { authorization: `Bearer ${TOKEN}` };
@@ -45,16 +45,7 @@ const get = (url: string, headers: Record<string, string> = auth) => app.inject(
 const post = (url: string, payload: unknown, headers: Record<string, string> = auth) => app.inject({ method: 'POST', url, payload: payload as Record<string, unknown>, headers });
 const del = (url: string) => app.inject({ method: 'DELETE', url, headers: auth });
 
-async function jobEnd(id: string, timeoutMs = 30_000): Promise<Record<string, any>> {
-  return waitFor(
-    `job ${id} to end`,
-    async () => {
-      const j = (await get(`/v1/jobs/${id}`)).json();
-      return ['succeeded', 'failed', 'cancelled', 'interrupted'].includes(j.state) ? j : undefined;
-    },
-    timeoutMs,
-  );
-}
+const jobEnd = (id: string, timeoutMs = 30_000): Promise<Record<string, any>> => waitForJobEnd(get, id, timeoutMs);
 
 beforeAll(async () => {
   app = await buildCoordinator({ config: config({}), logger: silent, slotWaitMs: 2000 });

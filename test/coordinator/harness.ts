@@ -36,6 +36,19 @@ export async function waitFor<T>(what: string, fn: () => Promise<T | undefined |
   }
 }
 
+/** Poll a job through `get` (a GET returning a reply with json()) until it has ended; resolves with it. */
+export async function waitForJobEnd(get: (url: string) => Promise<{ json(): any }>, id: string, timeoutMs = 30_000, everyMs = 100): Promise<Record<string, any>> {
+  return waitFor(
+    `job ${id} to end`,
+    async () => {
+      const j = (await get(`/v1/jobs/${id}`)).json();
+      return ['succeeded', 'failed', 'cancelled', 'interrupted'].includes(j.state) ? (j as Record<string, any>) : undefined;
+    },
+    timeoutMs,
+    everyMs,
+  );
+}
+
 export interface Proc {
   child: ChildProcess;
   name: string;

@@ -26,7 +26,7 @@ import { resolveConfig, type EvacuationConfig } from '../../src/config.js';
 import { buildCoordinator, type CoordinatorApp } from '../../src/coordinator/server.js';
 import { buildGuest, TICK_RE, workloadAppend, type GuestImage, type Tick } from '../../src/qemu/guest-builder.js';
 import { killAllGuests } from '../../src/qemu/launcher.js';
-import { TOKEN, waitFor } from '../coordinator/harness.js';
+import { TOKEN, waitFor, waitForJobEnd } from '../coordinator/harness.js';
 import { qemuTestEnv, requireQemu } from './qemu-env.js';
 
 const env = await qemuTestEnv();
@@ -106,17 +106,7 @@ describe.skipIf(!run).sequential('QEMU guests evacuated through the coordinator 
   const get = (url: string) => app.inject({ method: 'GET', url, headers: auth });
   const post = (url: string, payload: Record<string, unknown>) => app.inject({ method: 'POST', url, payload, headers: auth });
 
-  async function jobEnd(id: string, timeoutMs: number): Promise<Record<string, any>> {
-    return waitFor(
-      `job ${id} to end`,
-      async () => {
-        const j = (await get(`/v1/jobs/${id}`)).json();
-        return ['succeeded', 'failed', 'cancelled', 'interrupted'].includes(j.state) ? j : undefined;
-      },
-      timeoutMs,
-      250,
-    );
-  }
+  const jobEnd = (id: string, timeoutMs: number): Promise<Record<string, any>> => waitForJobEnd(get, id, timeoutMs, 250);
 
   /** The source agent's own QMP view of a guest it migrates. */
   function sourceStatus(name: string): Promise<string> {
