@@ -90,6 +90,7 @@ export async function startAgent(cfg: EvacuationConfig, o: StartAgentOptions = {
         adopted = await adoptGuests(specs, {
           workDir: runDir,
           params: { maxBandwidth: cfg.migration.maxBandwidthMiBps * MiB, downtimeLimitMs: cfg.migration.downtimeLimitMs },
+          quitMigrated: cfg.agent.quitMigrated,
           logger,
         });
       } catch (e) {

@@ -5,6 +5,7 @@
  * it migrates them (QemuSourceVm) and, when a migration fails, makes sure they run on.
  */
 import { readFileSync, statSync } from 'node:fs';
+import { connect as netConnect } from 'node:net';
 import type { Logger } from 'pino';
 import { Value } from 'typebox/value';
 import { QemuGuestsFile, type QemuMachine } from '../coordinator/schemas.js';
@@ -61,22 +62,48 @@ export interface AdoptedGuest {
   close(): void;
 }
 
+/** Whether something listens on a unix socket: 'absent' (no file), 'refused' (a stale file), or 'listening'. */
+function probeUnix(path: string): Promise<'absent' | 'refused' | 'listening'> {
+  return new Promise((resolve) => {
+    const s = netConnect({ path });
+    s.once('connect', () => {
+      s.destroy();
+      resolve('listening');
+    });
+    s.once('error', (e: NodeJS.ErrnoException) => resolve(e.code === 'ENOENT' ? 'absent' : e.code === 'ECONNREFUSED' ? 'refused' : 'listening'));
+  });
+}
+
 export interface AdoptOptions {
   /** Where migration sockets go (a directory of this agent). */
   readonly workDir: string;
   readonly params?: QemuMigrationParams;
+  /**
+   * Quit a guest's source QEMU once the guest runs on its target (default true): a paused copy
+   * holds the guest's memory on the host being emptied, and resuming it would run the guest twice.
+   */
+  readonly quitMigrated?: boolean;
   readonly logger?: Logger;
 }
 
 /**
- * Attach to every guest of the file. Each must answer on its QMP socket and have a RAM file of
- * exactly the size its machine gives it (else the target would start a different machine). On
- * any failure, the guests attached so far are let go and nothing else is touched.
+ * Attach to every guest of the file that runs. A guest whose QMP socket is absent or refuses
+ * (its QEMU is not running: quit after an earlier migration, say) is skipped with a warning. A
+ * running one must answer on its QMP socket and have a RAM file of exactly the size its machine
+ * gives it (else the target would start a different machine). On any other failure, the guests
+ * attached so far are let go and nothing else is touched.
  */
 export async function adoptGuests(specs: readonly QemuGuestSpec[], o: AdoptOptions): Promise<AdoptedGuest[]> {
   const out: AdoptedGuest[] = [];
   try {
-    for (const spec of specs) out.push(await adoptGuest(spec, o));
+    for (const spec of specs) {
+      const probe = await probeUnix(spec.qmp);
+      if (probe !== 'listening') {
+        o.logger?.warn({ vm: spec.name, qmp: spec.qmp }, `guest ${spec.name} is not running (QMP socket ${probe === 'absent' ? 'absent' : 'refuses connections'}): skipped`);
+        continue;
+      }
+      out.push(await adoptGuest(spec, o));
+    }
   } catch (e) {
     for (const a of out) a.close();
     throw e;
@@ -117,10 +144,17 @@ async function adoptGuest(spec: QemuGuestSpec, o: AdoptOptions): Promise<Adopted
   guest.qmp.on('event', onEvent);
   guest.qmp.on('close', onClose);
   const vm = new QemuSourceVm(guest, o.params ?? {}, o.logger);
+  const onMigrated = async (target: string): Promise<void> => {
+    vm.close(); // the RAM file: an open descriptor would keep its memory after its owner removes it
+    if (o.quitMigrated === false) return;
+    // The guest runs on its target: the copy here must never run again.
+    await guest.qmp.execute('quit').catch(() => {}); // QEMU may close the connection before it answers
+    o.logger?.info({ vm: spec.name, target }, `source QEMU of ${spec.name} told to quit: the guest runs on ${target}`);
+  };
   return {
     spec,
     vm,
-    hosted: { vm, runState: () => state, machine: spec.machine },
+    hosted: { vm, runState: () => state, machine: spec.machine, onMigrated },
     close() {
       guest.qmp.off('event', onEvent);
       guest.qmp.off('close', onClose);

@@ -36,6 +36,8 @@ export interface HostedVm {
    * machine with -incoming defer), and the VM counts as verified once its target QEMU runs.
    */
   machine?: QemuMachine;
+  /** The VM now runs on `target` (resumed there): release what this host still holds of it. */
+  onMigrated?(target: string): Promise<void>;
 }
 
 export function hostedSimVm(vm: SimSourceVm): HostedVm {
@@ -144,7 +146,9 @@ export class SourceHost {
   /** @internal */
   markMigrated(vm: string, target: string): void {
     const o = this.vms.get(vm);
-    if (o) o.migratedTo = target;
+    if (!o) return;
+    o.migratedTo = target;
+    o.hosted.onMigrated?.(target).catch((e: unknown) => this.opts.logger.warn({ vm, err: (e as Error).message }, 'releasing the migrated VM failed'));
   }
 
   private resolve(names: readonly string[], forRun: boolean): OwnedVm[] {

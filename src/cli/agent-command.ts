@@ -22,6 +22,7 @@ export interface AgentFlags {
   capacityMib?: number;
   maxVms?: number;
   fleet?: string;
+  keepMigrated?: boolean;
   maxBandwidthMibps?: number;
   register?: boolean;
   scatter?: boolean;
@@ -57,6 +58,7 @@ export function agentConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = process.
   const fromFlags = {
     agent: {
       ...fleet?.agent,
+      quitMigrated: flags.keepMigrated === true ? false : undefined,
       role: flags.role,
       name: flags.name,
       listen: flags.listen,

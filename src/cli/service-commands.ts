@@ -57,6 +57,7 @@ export function registerServiceCommands(program: Command): Command {
     .addOption(coordinatorOption())
     .option('--capacity-mib <n>', 'target: memory offered to incoming VMs, MiB', int)
     .option('--max-vms <n>', 'target: incoming VMs accepted (0 = no limit)', int)
+    .option('--keep-migrated', "source, QEMU guests: leave a guest's source QEMU paused after the guest moved, instead of quitting it")
     .option('--fleet <spec>', 'what the agent hosts: simulated VMs, "sim" or "sim:vms=8,memoryMiB=256,dirtyPagesPerSec=500,..."; QEMU guests, "qemu:GUESTS.json" (source: the running guests to migrate, docs/operations.md) or "qemu" (target)')
     .option('--max-bandwidth-mibps <n>', 'source: pre-copy rate limit per VM (QEMU default 128; 0 = unlimited)', Number)
     .option('--scatter-interface <addr>', 'IPv4 address of the interface multicast is sent (source) or received (target) on (default 127.0.0.1)')

@@ -181,6 +181,8 @@ describe('configuration', () => {
     const cfg = agentConfig({ role: 'source', fleet: 'qemu:/g.json' }, { VMSCATTER_TOKEN: 't'.repeat(16) });
     expect(cfg.agent).toMatchObject({ fleet: 'qemu', guests: '/g.json' });
     expect(agentConfig({ role: 'target' }, {}).agent.fleet).toBe('sim');
+    expect(cfg.agent.quitMigrated).toBe(true);
+    expect(agentConfig({ role: 'source', fleet: 'qemu:/g.json', keepMigrated: true }, {}).agent.quitMigrated).toBe(false);
     expect(() => resolveConfig({ agent: { fleet: 'xen' } })).toThrow(/\/agent\/fleet/);
   });
 
