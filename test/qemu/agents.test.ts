@@ -5,6 +5,8 @@
  * (`--fleet qemu`), and the job asked for over the HTTP API. Checked:
  *  - a guests file that does not describe the running guest is refused at start;
  *  - a guest sent to a target that receives simulated VMs fails before it is touched, and runs on;
+ *  - a migration cancelled over the API while the target QEMU receives: the guest runs on at its
+ *    source with the same memory, the target QEMU is discarded;
  *  - the evacuation: every guest resumes on its target, ticks on with an unchanged uniq_md5,
  *    the source QEMU is told to quit, and the job reports each VM verified as running;
  *  - a guest listed but not running is skipped when the source agent starts.
@@ -138,7 +140,15 @@ describe.skipIf(!run).sequential('QEMU guests evacuated through the coordinator 
     await agent('target', 'qt2', { fleet: 'qemu', capacityMiB: MEM + 16 });
     await agent('target', 'simt', {});
     // The source's file also lists a guest that is not running: skipped, with a warning.
-    await agent('source', 'qsrc', { fleet: 'qemu', guests: await writeGuests('source.json', MEM, [...NAMES, 'gone']) });
+    // At 24 MiB/s a guest's pre-copy (~100 MB) takes about 4 s: long enough to cancel one.
+    const src = await startAgent(
+      config({
+        agent: { role: 'source', name: 'qsrc', listen: '127.0.0.1:0', fleet: 'qemu', guests: await writeGuests('source.json', MEM, [...NAMES, 'gone']) },
+        migration: { downtimeLimitMs: 20, maxBandwidthMiBps: 24 },
+      }),
+      { logger: silent },
+    );
+    agents.push(src);
     await waitFor('4 agents registered', async () => (await get('/v1/agents')).json().agents.length === 4);
   }, 300_000);
 
@@ -182,6 +192,27 @@ describe.skipIf(!run).sequential('QEMU guests evacuated through the coordinator 
     const after = await tickAfter(g.serialPath, before.end);
     expect(after.n).toBeGreaterThan(before.n);
     expect(after.md5).toBe(before.md5);
+  }, 120_000);
+
+  it('a cancelled migration leaves the guest running on its source and no QEMU on the target', async () => {
+    const g = guests[1]!;
+    const before = await tickAfter(g.serialPath, 0);
+    const r = await post('/v1/migrations', { pairs: [{ vm: g.name, target: 'qt1' }] });
+    expect(r.statusCode, r.body).toBe(202);
+    const id = r.json().id as string;
+    const qt1 = agents.find((a) => a.name === 'qt1')!.target!;
+    // Cancel once the target QEMU is receiving the guest.
+    await waitFor('the guest arriving on qt1', () => qt1.listVms().some((v) => v.name === g.name && v.state === 'receiving'), 30_000, 50);
+    const c = await app.inject({ method: 'DELETE', url: `/v1/jobs/${id}`, headers: auth });
+    expect(c.statusCode, c.body).toBe(202);
+    const job = await jobEnd(id, 60_000);
+    expect(job.state, JSON.stringify(job)).toBe('cancelled');
+    expect(await sourceStatus(g.name)).toBe('running');
+    const after = await tickAfter(g.serialPath, before.end);
+    expect(after.n).toBeGreaterThan(before.n);
+    expect(after.md5).toBe(before.md5);
+    expect(qt1.listVms().find((v) => v.name === g.name)?.state).toBe('failed');
+    expect(qt1.qemu!.vms.size).toBe(0);
   }, 120_000);
 
   it('evacuates the running guests into target QEMUs: they resume and tick on with the same memory', async () => {
