@@ -126,6 +126,7 @@ export async function startAgent(cfg: EvacuationConfig, o: StartAgentOptions = {
     role,
     controlUrl,
     version: VERSION,
+    fleet: cfg.agent.fleet,
     ...(data ? { data } : {}),
     ...(target ? { capacityBytes: cfg.agent.capacityMiB * MiB, ...target.usage(), ...(cfg.agent.maxVms > 0 ? { maxVms: cfg.agent.maxVms } : {}) } : {}),
     vms: source?.listVms() ?? target?.listVms() ?? [],

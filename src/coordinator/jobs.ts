@@ -172,6 +172,9 @@ export class JobManager {
     const src = registry.require(req.source, 'source');
     const targets = req.targets.map((t) => registry.require(t, 'target'));
     for (const t of targets) if (!t.data) throw new ApiError(422, ErrorCode.AGENT, `target agent ${t.name} registered no data address for converge connections`);
+    const kind = (a: { fleet?: 'sim' | 'qemu' }): string => (a.fleet === 'qemu' ? 'QEMU guests' : 'simulated VMs');
+    for (const t of targets)
+      if ((t.fleet ?? 'sim') !== (src.fleet ?? 'sim')) throw new ApiError(422, ErrorCode.AGENT, `source agent ${src.name} hosts ${kind(src)}, but target agent ${t.name} receives ${kind(t)}`);
     if (req.targets.includes(req.source)) throw new ApiError(400, ErrorCode.CONFIG, `${req.source} is both the source and a target`);
     const known = src.vms ?? [];
     const names = req.vms ?? known.filter((v) => v.state !== 'migrated').map((v) => v.name);

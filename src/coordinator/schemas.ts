@@ -64,6 +64,7 @@ const AgentFields = {
   vmCount: Type.Optional(Type.Integer({ minimum: 0 })),
   vms: Type.Optional(Type.Array(AgentVm, { maxItems: 100_000 })),
   version: Type.Optional(Type.String()),
+  fleet: Type.Optional(Type.Union([Type.Literal('sim'), Type.Literal('qemu')], { description: 'what the agent hosts: simulated VMs or QEMU guests (absent: sim)' })),
 };
 
 export const AgentRegistration = Type.Object(AgentFields, { additionalProperties: false });

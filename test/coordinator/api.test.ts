@@ -223,6 +223,16 @@ describe('evacuations and jobs', () => {
     expect(vm.json().message).toMatch(/no VM named src1-vm7/);
   });
 
+  it('POST /v1/evacuations: 422 when the targets receive another kind of VM than the source hosts', async () => {
+    // A target for QEMU guests starts without QEMU: it only launches one per incoming guest. It
+    // stays registered (closed with the others), so the agent counts later tests check hold.
+    await agent('target', 'tq', { agent: { role: 'target', name: 'tq', listen: '127.0.0.1:0', dataListen: '127.0.0.1:0', fleet: 'qemu' } });
+    await waitFor('tq registered', async () => (await get('/v1/agents')).json().agents.some((a: { name: string; fleet?: string }) => a.name === 'tq' && a.fleet === 'qemu'));
+    const r = await post('/v1/evacuations', { source: 'src1', targets: ['t1', 'tq'] });
+    expect(r.statusCode).toBe(422);
+    expect(r.json().message).toMatch(/source agent src1 hosts simulated VMs, but target agent tq receives QEMU guests/);
+  });
+
   it('POST /v1/evacuations: 202, the job runs to success, GET /v1/jobs/:id has its report', async () => {
     const r = await post('/v1/evacuations', { source: 'src1', targets: ['t1', 't2'], vms: ['src1-vm0', 'src1-vm1'] });
     expect(r.statusCode).toBe(202);
