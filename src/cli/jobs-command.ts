@@ -87,8 +87,8 @@ export async function agentsCommand(flags: ClientFlags & { json?: boolean }): Pr
   const cap = (a: AgentView): string => (a.role === 'target' ? `${((a.usedBytes ?? 0) / 2 ** 20).toFixed(0)}/${((a.capacityBytes ?? 0) / 2 ** 20).toFixed(0)} MiB` : '');
   process.stdout.write(
     table(
-      ['agent', 'role', 'state', 'control URL', 'VMs', 'memory', 'slots out/in', 'last seen'],
-      agents.map((a) => [a.name, a.role, a.state, a.controlUrl, String(a.vms?.filter((v) => v.state !== 'migrated').length ?? 0), cap(a), `${a.slots.outgoing}/${a.slots.incoming}`, a.lastSeenAt]),
+      ['agent', 'role', 'hosts', 'state', 'control URL', 'VMs', 'memory', 'slots out/in', 'last seen'],
+      agents.map((a) => [a.name, a.role, a.fleet ?? 'sim', a.state, a.controlUrl, String(a.vms?.filter((v) => v.state !== 'migrated').length ?? 0), cap(a), `${a.slots.outgoing}/${a.slots.incoming}`, a.lastSeenAt]),
     ),
   );
 }
