@@ -54,6 +54,11 @@ export class TargetHost {
     this.name = opts.name;
     this.qemu = opts.qemu ? new QemuTargetHost({ name: opts.name, sources: this.machines, logger: opts.logger }) : undefined;
     const incoming: IncomingFactory = (hello) => {
+      const prev = this.received.get(hello.vm);
+      // A guest that runs here (or is arriving) keeps its record: the second one is refused.
+      if (this.qemu && prev && prev.state !== 'failed') {
+        return Promise.reject(new VmsError(ErrorCode.CONFLICT, `VM ${hello.vm} is already ${prev.state === 'running' ? 'running' : 'arriving'} on ${this.name} (job ${prev.job})`));
+      }
       const rec: Received = { job: hello.job, state: 'receiving', memoryBytes: 0 };
       this.received.set(hello.vm, rec);
       const log = opts.logger.child({ job: hello.job, vm: hello.vm, target: this.name });

@@ -19,6 +19,7 @@ import { readFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
+import { connect as netConnect } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -29,6 +30,7 @@ import { resolveConfig, type EvacuationConfig } from '../../src/config.js';
 import { buildCoordinator, type CoordinatorApp } from '../../src/coordinator/server.js';
 import { buildGuest, TICK_RE, workloadAppend, type GuestImage, type Tick } from '../../src/qemu/guest-builder.js';
 import { killAllGuests } from '../../src/qemu/launcher.js';
+import { CONVERGE_PROTOCOL_VERSION, encodeJsonFrame, FrameType } from '../../src/wire/converge-frame.js';
 import { TOKEN, waitFor, waitForJobEnd } from '../coordinator/harness.js';
 import { qemuTestEnv, requireQemu } from './qemu-env.js';
 
@@ -241,5 +243,20 @@ describe.skipIf(!run).sequential('QEMU guests evacuated through the coordinator 
     const onTargets = targets.flatMap((a) => a.target!.listVms());
     expect(onTargets.filter((v) => v.state === 'running').map((v) => v.name).sort()).toEqual(NAMES);
     expect(new Set(job.vms.map((v: Record<string, unknown>) => v.target)).size).toBe(2);
+
+    // The same guest again, on a converge connection of its own: refused, its record untouched.
+    const host = targets.find((a) => a.target!.qemu!.vms.has('qa0'))!;
+    expect((await host.app.inject({ method: 'PUT', url: '/v1/incoming/qa0', headers: auth, payload: { job: 'j-again', machine: { memoryMiB: MEM } } })).statusCode).toBe(409);
+    const reply = await new Promise<string>((resolve, reject) => {
+      const s = netConnect({ host: host.data!.host, port: host.data!.port });
+      let got = '';
+      s.on('connect', () => s.write(encodeJsonFrame(FrameType.HELLO, { job: String(job.id), vm: 'qa0', version: CONVERGE_PROTOCOL_VERSION })));
+      s.on('data', (d: Buffer) => (got += d.toString('latin1')));
+      s.on('close', () => resolve(got));
+      s.on('error', reject);
+    });
+    expect(reply).toMatch(/already running on/);
+    expect(host.target!.listVms().find((v) => v.name === 'qa0')?.state).toBe('running');
+    expect(host.target!.qemu!.vms.has('qa0')).toBe(true);
   }, 300_000);
 });
