@@ -108,6 +108,10 @@ export const AgentSchema = Type.Object(
       description: 'what the agent hosts: sim = simulated VMs (a source\'s are described by the fleet section); qemu = QEMU guests (a source migrates the running guests agent.guests lists, a target starts a QEMU per incoming guest)',
     }),
     guests: Type.String({ default: '', description: 'source agent with fleet qemu: JSON file listing the running QEMU guests to migrate (docs/operations.md)' }),
+    stateDir: Type.String({
+      default: 'var/agent',
+      description: 'target agent with fleet qemu: a record per guest that arrived is kept in STATE_DIR/NAME, so a restarted agent takes back the guests it started ("" = memory only)',
+    }),
     quitMigrated: Type.Boolean({
       default: true,
       description: "source agent with fleet qemu: quit a guest's source QEMU once the guest runs on its target (a paused copy holds its memory, and resuming it would run the guest twice); false leaves it paused (postmigrate) for its owner",

@@ -115,7 +115,17 @@ export async function startAgent(cfg: EvacuationConfig, o: StartAgentOptions = {
     });
   } else {
     const dl = parseHostPort(cfg.agent.dataListen, 'agent.dataListen');
-    target = new TargetHost({ name, host: dl.host, port: dl.port, logger, scatterInterface: cfg.scatter.interface, qemu: cfg.agent.fleet === 'qemu' });
+    const qemu = cfg.agent.fleet === 'qemu';
+    target = new TargetHost({
+      name,
+      host: dl.host,
+      port: dl.port,
+      logger,
+      scatterInterface: cfg.scatter.interface,
+      qemu,
+      ...(qemu && cfg.agent.stateDir ? { stateDir: join(cfg.agent.stateDir, name) } : {}),
+    });
+    await target.restore();
     const a = await target.listen();
     data = { host: advertised(cfg, dl.host), port: a.port };
   }

@@ -5,7 +5,8 @@
  * (PUT /v1/incoming/:vm). It answers which VMs it holds and, for simulated ones, their RAM
  * digests for verification.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { TargetAgent } from './target-agent.js';
 import { SimTargetHost } from './sim-agents.js';
@@ -14,7 +15,7 @@ import { QemuTargetHost } from './qemu-agents.js';
 import { machineLaunch, machineRamBytes } from './qemu-guests.js';
 import type { AgentVm, DigestReply, QemuMachine } from '../coordinator/schemas.js';
 import { ErrorCode, VmsError } from '../errors.js';
-import type { LaunchOptions } from '../qemu/launcher.js';
+import { reattachGuest, type GuestRecord, type LaunchOptions } from '../qemu/launcher.js';
 import type { IncomingFactory, IncomingVm } from '../transport/converge-target.js';
 import type { HelloFrame } from '../wire/converge-frame.js';
 import { ScatterReceiver, sessionFromJson } from '../transport/scatter.js';
@@ -36,6 +37,20 @@ export interface TargetHostOptions {
   scatterInterface?: string;
   /** Receive QEMU guests (a target QEMU per incoming VM) instead of simulated VMs. */
   qemu?: boolean;
+  /**
+   * QEMU guests: a record per guest that arrived is kept here, so that a restarted agent takes
+   * back the guests it started (restore()). Undefined: in memory only.
+   */
+  stateDir?: string;
+}
+
+/** What a target agent keeps on disk about a QEMU guest that arrived (one JSON file per guest). */
+interface ArrivedRecord {
+  vm: string;
+  job: string;
+  memoryBytes: number;
+  machine: QemuMachine;
+  guest: GuestRecord;
 }
 
 export class TargetHost {
@@ -73,6 +88,7 @@ export class TargetHost {
         rec.state = 'running';
         rec.memoryBytes = memoryBytes;
         log.info({ memoryBytes }, 'VM running on this target');
+        if (this.qemu) this.saveArrived(hello.vm, rec, log);
       };
       if (this.qemu) {
         const p = this.incomingQemu(hello);
@@ -127,6 +143,67 @@ export class TargetHost {
     return Promise.resolve(this.qemu!.incoming(hello));
   }
 
+  private recordPath(vm: string): string {
+    return join(this.opts.stateDir!, `${encodeURIComponent(vm)}.json`);
+  }
+
+  private saveArrived(vm: string, rec: Received, log: Logger): void {
+    const a = this.announced.get(vm);
+    const g = this.qemu?.vms.get(vm)?.guest;
+    if (this.opts.stateDir === undefined || !a || !g) return;
+    const r: ArrivedRecord = { vm, job: rec.job, memoryBytes: rec.memoryBytes, machine: a.machine, guest: g.record() };
+    try {
+      mkdirSync(this.opts.stateDir, { recursive: true });
+      const path = this.recordPath(vm);
+      writeFileSync(`${path}.tmp`, JSON.stringify(r));
+      renameSync(`${path}.tmp`, path);
+    } catch (e) {
+      log.warn({ err: (e as Error).message }, 'cannot record the arrived guest; a restarted agent will not know it');
+    }
+  }
+
+  private dropArrived(vm: string): void {
+    if (this.opts.stateDir !== undefined) rmSync(this.recordPath(vm), { force: true });
+  }
+
+  /**
+   * QEMU guests: take back the guests an earlier run of this agent started and that still run
+   * (their records in stateDir); records of guests that are gone are removed. Returns their names.
+   */
+  async restore(): Promise<string[]> {
+    const dir = this.opts.stateDir;
+    if (!this.qemu || dir === undefined || !existsSync(dir)) return [];
+    const back: string[] = [];
+    for (const f of readdirSync(dir).filter((n) => n.endsWith('.json'))) {
+      const path = join(dir, f);
+      let r: ArrivedRecord;
+      try {
+        r = JSON.parse(readFileSync(path, 'utf8')) as ArrivedRecord;
+      } catch (e) {
+        this.opts.logger.warn({ file: path, err: (e as Error).message }, 'unreadable guest record ignored');
+        continue;
+      }
+      let guest;
+      try {
+        guest = await reattachGuest(r.guest);
+      } catch (e) {
+        this.opts.logger.warn({ vm: r.vm, err: (e as Error).message }, 'a guest this agent started runs, but its QMP socket does not answer; not taken back');
+        continue;
+      }
+      if (!guest) {
+        rmSync(path, { force: true });
+        this.opts.logger.info({ vm: r.vm }, 'a guest this agent started is gone; its record removed');
+        continue;
+      }
+      this.qemu.vms.set(r.vm, { guest, launch: machineLaunch(r.machine) });
+      this.announced.set(r.vm, { job: r.job, machine: r.machine });
+      this.received.set(r.vm, { job: r.job, state: 'running', memoryBytes: r.memoryBytes });
+      back.push(r.vm);
+    }
+    if (back.length > 0) this.opts.logger.info({ vms: back }, 'took back the guests an earlier run of this agent started');
+    return back;
+  }
+
   private announcedBytes(vm: string): number {
     const a = this.announced.get(vm);
     return a ? machineRamBytes(a.machine) : 0;
@@ -172,6 +249,7 @@ export class TargetHost {
     this.sim.images.delete(vm);
     this.sim.deviceState.delete(vm);
     this.qemu?.release(vm)?.guest.detach();
+    this.dropArrived(vm);
     this.machines.delete(vm);
     this.announced.delete(vm);
     return this.received.delete(vm);

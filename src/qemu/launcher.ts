@@ -522,6 +522,21 @@ export class QemuGuest {
     this.cleanupFilesSync();
   }
 
+  /** What reattachGuest() needs to take this guest back after a restart (launched guests only). */
+  record(): GuestRecord {
+    return {
+      name: this.name,
+      pid: this.pid,
+      pidPath: this.pidPath,
+      qmpPath: this.qmpPath,
+      serialPath: this.serialPath,
+      ...(this.logPath !== undefined ? { logPath: this.logPath } : {}),
+      workDir: this.workDir,
+      ...(this.ramPath !== undefined ? { ramPath: this.ramPath } : {}),
+      memoryMiB: this.memoryMiB,
+    };
+  }
+
   /**
    * Let the guest run on without this process: it is no longer killed at exit or by
    * killAllGuests(), and the QMP connection closes. Its files stay (QEMU uses them).
@@ -774,6 +789,48 @@ export async function attachGuest(o: AttachOptions): Promise<QemuGuest> {
     memoryMiB: o.memoryMiB,
     args: [],
     adopted: true,
+  });
+}
+
+/** What it takes to take a launched guest back after this process restarted (QemuGuest.record()). */
+export interface GuestRecord {
+  readonly name: string;
+  readonly pid: number;
+  readonly pidPath: string;
+  readonly qmpPath: string;
+  readonly serialPath: string;
+  readonly logPath?: string;
+  readonly workDir: string;
+  readonly ramPath?: string;
+  readonly memoryMiB: number;
+}
+
+/**
+ * Take back a guest an earlier run of this program launched (launchGuest), from its record: it
+ * is ours again (dispose() kills it and removes its files), as if launched here. Undefined when
+ * its QEMU is gone (the pid no longer names its pidfile on its command line).
+ */
+export async function reattachGuest(r: GuestRecord, connectTimeoutMs = 10_000): Promise<QemuGuest | undefined> {
+  try {
+    if (!readFileSync(`/proc/${r.pid}/cmdline`, 'latin1').includes(r.pidPath)) return undefined;
+  } catch {
+    return undefined;
+  }
+  const qmp = await QmpClient.connect(r.qmpPath, { timeoutMs: connectTimeoutMs });
+  return new QemuGuest({
+    name: r.name,
+    pid: r.pid,
+    qmp,
+    workDir: r.workDir,
+    ownsWorkDir: true,
+    serialPath: r.serialPath,
+    qmpPath: r.qmpPath,
+    pidPath: r.pidPath,
+    logPath: r.logPath,
+    ramPath: r.ramPath,
+    ownsRamFile: r.ramPath !== undefined,
+    memoryMiB: r.memoryMiB,
+    args: [],
   });
 }
 

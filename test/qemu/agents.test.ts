@@ -9,13 +9,14 @@
  *    source with the same memory, the target QEMU is discarded;
  *  - the evacuation: every guest resumes on its target, ticks on with an unchanged uniq_md5,
  *    the source QEMU is told to quit, and the job reports each VM verified as running;
- *  - a guest listed but not running is skipped when the source agent starts.
+ *  - a guest listed but not running is skipped when the source agent starts;
+ *  - a target agent restarted takes back the guests it started (they ran on meanwhile).
  * The guests are started here from the command line `vmscatter qemu-command` prints (standing in
  * for whoever runs the VMs) and killed here by the pids in their pidfiles; the target QEMUs are
  * the target agents' and are disposed of through them.
  */
 import { spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
@@ -138,8 +139,8 @@ describe.skipIf(!run).sequential('QEMU guests evacuated through the coordinator 
     const a = app.server.address();
     app.coordinator.config.coordinator.url = `http://127.0.0.1:${typeof a === 'object' && a ? a.port : 0}`;
     // Room for one guest each: the evacuation uses both targets.
-    await agent('target', 'qt1', { fleet: 'qemu', capacityMiB: MEM + 16 });
-    await agent('target', 'qt2', { fleet: 'qemu', capacityMiB: MEM + 16 });
+    await agent('target', 'qt1', { fleet: 'qemu', capacityMiB: MEM + 16, stateDir: join(dir, 'state') });
+    await agent('target', 'qt2', { fleet: 'qemu', capacityMiB: MEM + 16, stateDir: join(dir, 'state') });
     await agent('target', 'simt', {});
     // The source's file also lists a guest that is not running: skipped, with a warning.
     // At 24 MiB/s a guest's pre-copy (~100 MB) takes about 4 s: long enough to cancel one.
@@ -259,4 +260,24 @@ describe.skipIf(!run).sequential('QEMU guests evacuated through the coordinator 
     expect(host.target!.listVms().find((v) => v.name === 'qa0')?.state).toBe('running');
     expect(host.target!.qemu!.vms.has('qa0')).toBe(true);
   }, 300_000);
+
+  it('a restarted target agent takes back the guests it started, which ran on meanwhile', async () => {
+    const host = agents.find((a) => a.target?.qemu?.vms.has('qa0'))!;
+    const name = host.name;
+    const before = host.target!.listVms().find((v) => v.name === 'qa0')!;
+    const pid = host.target!.qemu!.vms.get('qa0')!.guest.pid;
+    await host.close();
+    agents.splice(agents.indexOf(host), 1);
+    expect(existsSync(`/proc/${pid}`), 'the guest runs on without its agent').toBe(true);
+    const again = await agent('target', name, { fleet: 'qemu', capacityMiB: MEM + 16, stateDir: join(dir, 'state') });
+    expect(again.target!.listVms()).toEqual([before]);
+    expect(again.target!.usage()).toEqual({ usedBytes: before.memoryBytes, vmCount: 1 });
+    const g = again.target!.qemu!.vms.get('qa0')!.guest;
+    expect(g.pid).toBe(pid);
+    expect(await g.status()).toBe('running');
+    const t1 = await g.nextTick(30_000);
+    expect((await g.nextTick(30_000)).n).toBeGreaterThan(t1.n);
+    // The coordinator sees its memory used again.
+    await waitFor(`${name} reports its guest`, async () => (await get('/v1/agents')).json().agents.find((a: { name: string; usedBytes?: number }) => a.name === name)?.usedBytes === before.memoryBytes);
+  }, 120_000);
 });
