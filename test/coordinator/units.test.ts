@@ -182,6 +182,7 @@ describe('configuration', () => {
     expect(cfg.agent).toMatchObject({ fleet: 'qemu', guests: '/g.json' });
     expect(agentConfig({ role: 'target' }, {}).agent.fleet).toBe('sim');
     expect(cfg.agent.quitMigrated).toBe(true);
+    expect(cfg.agent.stateDir).toBe('var/agent');
     expect(agentConfig({ role: 'source', fleet: 'qemu:/g.json', keepMigrated: true }, {}).agent.quitMigrated).toBe(false);
     expect(() => resolveConfig({ agent: { fleet: 'xen' } })).toThrow(/\/agent\/fleet/);
   });
