@@ -485,7 +485,7 @@ export interface NetnsRunResult {
 
 /**
  * Runs every strategy of every scenario on one topology (receivers: the most targets any
- * scenario has), torn down in a finally, on SIGINT/SIGTERM, and at exit.
+ * scenario has), torn down with the run's files in a finally, on SIGINT/SIGTERM, and at exit.
  */
 export async function runNetnsStrategies(
   scenarios: NetnsScenarioInput[],
@@ -498,7 +498,9 @@ export async function runNetnsStrategies(
   const receivers = Math.max(...scenarios.map((s) => s.config.targets));
   const prefix = `vsbench${randomBytes(2).toString('hex')}`;
   const topo = await createTopology({ receivers, mtu: o.mtu, senderRate: `${o.linkMbit}mbit`, prefix });
+  const run = new NetnsRun(topo, o, log);
   const onSignal = (sig: NodeJS.Signals): void => {
+    run.cleanup(); // its files (configs, outputs); the topology goes next
     void topo.destroy().finally(() => process.exit(sig === 'SIGINT' ? 130 : 143));
   };
   process.once('SIGINT', onSignal);
@@ -506,7 +508,6 @@ export async function runNetnsStrategies(
   const savedToken = process.env.VMSCATTER_TOKEN;
   // Children of `ip netns exec` inherit this environment: the token of this run only.
   process.env.VMSCATTER_TOKEN = `bench-${randomBytes(16).toString('hex')}`;
-  const run = new NetnsRun(topo, o, log);
   const out: NetnsScenarioResult[] = [];
   // The TCP strategies behave differently under different congestion control (namespaces take the
   // host's default): printed with the results. (Here, with BBR, 16 plain TCP streams at once
