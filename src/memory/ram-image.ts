@@ -8,14 +8,18 @@ export interface RamImageBlock {
 
 /**
  * A target's RAM, materialized from a migration stream: one sparse area per RAM block, cut in
- * 2 MiB chunks that are allocated on the first non-zero write. A fresh target's RAM is zero, so
- * zero pages cost nothing, as in a real QEMU (whose RAM is anonymous memory).
+ * 2 MiB chunks that are allocated (zeroed) on the first non-zero write. A fresh target's RAM is
+ * zero, so zero pages cost nothing, as in a real QEMU (whose RAM is anonymous memory, and whose
+ * loader skips a zero page that already reads zero): a zero fill of a page that holds no data
+ * is skipped, so it neither touches nor faults in memory.
  */
 export class RamImage {
   static readonly CHUNK_PAGES = 512; // 2 MiB
   private static readonly CHUNK_SHIFT = 9;
   readonly blocks: readonly RamImageBlock[];
   private readonly chunks: (Buffer | undefined)[][];
+  /** Per block, per page: 1 when the page may hold non-zero bytes (written or filled non-zero). */
+  private readonly dirty: Uint8Array[];
   private readonly byName = new Map<string, number>();
   private allocated = 0;
 
@@ -27,6 +31,7 @@ export class RamImage {
       this.byName.set(b.name, i);
       return new Array<Buffer | undefined>(Math.ceil(b.usedLength / PAGE_SIZE / RamImage.CHUNK_PAGES));
     });
+    this.dirty = this.blocks.map((b) => new Uint8Array(b.usedLength / PAGE_SIZE));
   }
 
   /** Index of the block named `name`, or -1. */
@@ -50,15 +55,18 @@ export class RamImage {
     const chunk = this.chunkFor(block, page, true)!;
     const at = (page & (RamImage.CHUNK_PAGES - 1)) << PAGE_SHIFT;
     data.copy(chunk, at, dataOff, dataOff + PAGE_SIZE);
+    this.dirty[block]![page] = 1;
   }
 
-  /** Fill the page with one byte (a ZERO record). Fill 0 on an unallocated chunk allocates nothing. */
+  /** Fill the page with one byte (a ZERO record). Fill 0 on a page that holds no data does nothing. */
   fillPage(block: number, offset: number, fill: number): void {
     const page = this.pageIndex(block, offset);
-    const chunk = this.chunkFor(block, page, fill !== 0);
-    if (!chunk) return;
+    const dirty = this.dirty[block]!;
+    if (fill === 0 && dirty[page] === 0) return;
+    const chunk = this.chunkFor(block, page, fill !== 0)!;
     const at = (page & (RamImage.CHUNK_PAGES - 1)) << PAGE_SHIFT;
     chunk.fill(fill, at, at + PAGE_SIZE);
+    dirty[page] = fill === 0 ? 0 : 1;
   }
 
   /** View of page `page` (index within the block), or undefined when its chunk was never written (all zero). */

@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { ErrorCode, VmsError } from '../../src/errors.js';
 import { PAGE_SIZE } from '../../src/memory/page.js';
 import { RamImage } from '../../src/memory/ram-image.js';
+import { makeRng } from '../../src/rng.js';
 import { DEFAULT_PROFILE, defaultFleet, MEASURED_GUEST, type SimVmSpec, validateFleet, validateSpec } from '../../src/memory/sim-profile.js';
 import { descIndex, descKind, PageKind, SimVm } from '../../src/memory/sim-vm.js';
 
@@ -245,6 +246,34 @@ describe('RamImage', () => {
     img.readPage(0, 0, out);
     expect(out.every((b) => b === 0)).toBe(true);
     expect(() => img.writePage(1, 128 * 1024, out)).toThrow(RangeError);
+  });
+
+  it('reads what a plain buffer would after any mix of writes, fills and zero fills (zero fills of empty pages skipped)', () => {
+    const pages = 1536; // 3 chunks
+    const img = new RamImage([{ name: 'pc.ram', usedLength: pages * PAGE_SIZE }]);
+    const model = Buffer.alloc(pages * PAGE_SIZE);
+    const next = makeRng(12345);
+    const rnd = (n: number): number => Math.floor(next() * n);
+    for (let i = 0; i < 20_000; i++) {
+      // Few pages, so that pages are written, zeroed and written again many times.
+      const page = rnd(64) * 24 + rnd(3);
+      const op = rnd(4);
+      if (op === 0) {
+        const data = Buffer.alloc(PAGE_SIZE, 1 + rnd(255));
+        data[rnd(PAGE_SIZE)] = rnd(256);
+        img.writePage(0, page * PAGE_SIZE, data);
+        data.copy(model, page * PAGE_SIZE);
+      } else {
+        const fill = op === 1 ? 1 + rnd(255) : 0;
+        img.fillPage(0, page * PAGE_SIZE, fill);
+        model.fill(fill, page * PAGE_SIZE, (page + 1) * PAGE_SIZE);
+      }
+    }
+    const out = Buffer.alloc(PAGE_SIZE);
+    for (let p = 0; p < pages; p++) {
+      img.readPage(0, p, out);
+      expect(out.equals(model.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE)), `page ${p}`).toBe(true);
+    }
   });
 });
 
