@@ -372,7 +372,7 @@ export interface QemuTargetHostOptions {
   /** Target host name (logs, messages). */
   readonly name: string;
   /** Launch options of each incoming VM's source, by VM name. */
-  readonly sources: ReadonlyMap<string, LaunchOptions>;
+  readonly sources: Pick<ReadonlyMap<string, LaunchOptions>, 'get'>;
   /** Target RAM as a shared /dev/shm file too: to compare it, or to migrate the VM on. Default true. */
   readonly sharedRam?: boolean;
   /**

@@ -62,12 +62,17 @@ export class TargetHost {
   private readonly received = new Map<string, Received>();
   private readonly receivers = new Map<string, ScatterReceiver>();
   /** Machines announced by source agents, by VM: what a target QEMU is started as. */
-  private readonly machines = new Map<string, LaunchOptions>();
   private readonly announced = new Map<string, { job: string; machine: QemuMachine }>();
 
   constructor(private readonly opts: TargetHostOptions) {
     this.name = opts.name;
-    this.qemu = opts.qemu ? new QemuTargetHost({ name: opts.name, sources: this.machines, logger: opts.logger }) : undefined;
+    const sources = {
+      get: (vm: string): LaunchOptions | undefined => {
+        const a = this.announced.get(vm);
+        return a && machineLaunch(a.machine);
+      },
+    };
+    this.qemu = opts.qemu ? new QemuTargetHost({ name: opts.name, sources, logger: opts.logger }) : undefined;
     const incoming: IncomingFactory = (hello) => {
       const prev = this.received.get(hello.vm);
       // A guest that runs here (or is arriving) keeps its record: the second one is refused.
@@ -129,7 +134,6 @@ export class TargetHost {
     for (const [what, path] of [['kernel', machine.kernel], ['initrd', machine.initrd]] as const) {
       if (path !== undefined && !existsSync(path)) throw new VmsError(ErrorCode.CONFIG, `target ${this.name} has no ${what} ${path} for VM ${vm}; the machine's files must exist on every target`);
     }
-    this.machines.set(vm, machineLaunch(machine));
     this.announced.set(vm, { job, machine });
   }
 
@@ -250,7 +254,6 @@ export class TargetHost {
     this.sim.deviceState.delete(vm);
     this.qemu?.release(vm)?.guest.detach();
     this.dropArrived(vm);
-    this.machines.delete(vm);
     this.announced.delete(vm);
     return this.received.delete(vm);
   }
