@@ -8,12 +8,14 @@
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
+import { Type, type Static } from 'typebox';
+import { Value } from 'typebox/value';
 import { TargetAgent } from './target-agent.js';
 import { SimTargetHost } from './sim-agents.js';
 import { ramImageDigest } from './vm-digest.js';
 import { QemuTargetHost } from './qemu-agents.js';
 import { machineLaunch, machineRamBytes } from './qemu-guests.js';
-import type { AgentVm, DigestReply, QemuMachine } from '../coordinator/schemas.js';
+import { QemuMachine, type AgentVm, type DigestReply } from '../coordinator/schemas.js';
 import { ErrorCode, VmsError } from '../errors.js';
 import { reattachGuest, type GuestRecord, type LaunchOptions } from '../qemu/launcher.js';
 import type { IncomingFactory, IncomingVm } from '../transport/converge-target.js';
@@ -45,13 +47,24 @@ export interface TargetHostOptions {
 }
 
 /** What a target agent keeps on disk about a QEMU guest that arrived (one JSON file per guest). */
-interface ArrivedRecord {
-  vm: string;
-  job: string;
-  memoryBytes: number;
-  machine: QemuMachine;
-  guest: GuestRecord;
-}
+const ArrivedRecord = Type.Object({
+  vm: Type.String({ minLength: 1 }),
+  job: Type.String(),
+  memoryBytes: Type.Integer({ minimum: 0 }),
+  machine: QemuMachine,
+  guest: Type.Object({
+    name: Type.String({ minLength: 1 }),
+    pid: Type.Integer({ minimum: 1 }),
+    pidPath: Type.String({ minLength: 1 }),
+    qmpPath: Type.String({ minLength: 1 }),
+    serialPath: Type.String(),
+    logPath: Type.Optional(Type.String()),
+    workDir: Type.String({ minLength: 1 }),
+    ramPath: Type.Optional(Type.String()),
+    memoryMiB: Type.Integer({ minimum: 1 }),
+  }),
+});
+type ArrivedRecord = Static<typeof ArrivedRecord> & { guest: GuestRecord };
 
 export class TargetHost {
   readonly name: string;
@@ -180,11 +193,16 @@ export class TargetHost {
     const back: string[] = [];
     for (const f of readdirSync(dir).filter((n) => n.endsWith('.json'))) {
       const path = join(dir, f);
-      let r: ArrivedRecord;
+      let r: unknown;
       try {
-        r = JSON.parse(readFileSync(path, 'utf8')) as ArrivedRecord;
+        r = JSON.parse(readFileSync(path, 'utf8'));
       } catch (e) {
         this.opts.logger.warn({ file: path, err: (e as Error).message }, 'unreadable guest record ignored');
+        continue;
+      }
+      if (!Value.Check(ArrivedRecord, r)) {
+        const why = [...Value.Errors(ArrivedRecord, r)].slice(0, 3).map((e) => `${e.instancePath || '/'} ${e.message}`);
+        this.opts.logger.warn({ file: path, problems: why }, 'malformed guest record ignored');
         continue;
       }
       let guest;

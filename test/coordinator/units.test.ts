@@ -18,6 +18,7 @@ import { checkWorkloadFits, GUEST_OS_MIB } from '../../src/qemu/guest-builder.js
 import { coordinatorConfig } from '../../src/cli/coordinator-command.js';
 import { AdmittedVm, type SourceRun } from '../../src/agent/source-host.js';
 import { startAgent } from '../../src/agent/agent-main.js';
+import { TargetHost } from '../../src/agent/target-host.js';
 import { formatSummary } from '../../src/cli/demo-command.js';
 import type { EvacuationReport } from '../../src/coordinator/evacuation.js';
 import type { MigrationHooks, SourceVm } from '../../src/agent/source-vm.js';
@@ -280,5 +281,36 @@ describe('the evacuation summary', () => {
     expect(mixed).toMatch(/all 3 VMs moved: 1 rebuilt byte-identical, 1 running on their targets \(RAM not compared\), 1 not verified/);
     expect(mixed).not.toMatch(/all 3 VMs rebuilt byte-identical/);
     expect(mixed).toMatch(/^q\s+t1 .* running$/m);
+  });
+});
+
+describe('a QEMU target agent restarting (its guest records)', () => {
+  it('ignores unreadable and malformed records, removes those of guests that are gone, and takes back none of them', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vmsq-records-'));
+    try {
+      const record = (pid: number) => ({
+        vm: 'vm1',
+        job: 'j1',
+        memoryBytes: 4096,
+        machine: { memoryMiB: 64, kernel: '/k' },
+        guest: { name: 'vm1', pid, pidPath: '/nonexistent/vm1.pid', qmpPath: '/nonexistent/vm1.qmp', serialPath: '', workDir: '/nonexistent', memoryMiB: 64 },
+      });
+      writeFileSync(join(dir, 'garbage.json'), '{ not json');
+      writeFileSync(join(dir, 'bad.json'), JSON.stringify({ ...record(process.pid), guest: { pid: 'x' } }));
+      // A live pid whose command line does not name the record's pidfile: not our QEMU, gone.
+      writeFileSync(join(dir, 'gone.json'), JSON.stringify(record(process.pid)));
+      const lines: string[] = [];
+      const logger = pino({ level: 'info' }, { write: (l: string) => void lines.push(l) });
+      const host = new TargetHost({ name: 't', host: '127.0.0.1', port: 0, logger, qemu: true, stateDir: dir });
+      expect(await host.restore()).toEqual([]);
+      expect(host.listVms()).toEqual([]);
+      expect(readdirSync(dir).sort()).toEqual(['bad.json', 'garbage.json']);
+      expect(lines.join('')).toMatch(/unreadable guest record ignored/);
+      const malformed = lines.map((l) => JSON.parse(l) as { msg: string; problems?: string[] }).find((l) => l.msg === 'malformed guest record ignored');
+      expect(malformed?.problems?.join(' ')).toMatch(/\/guest\/pid/);
+      await host.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
