@@ -32,6 +32,7 @@ import {
 } from '../test/netns/topology.js';
 import type { PlainMigrateResult } from './plain-migration.js';
 import { NODE_FLAGS } from '../src/node-flags.js';
+import { ErrorCode, VmsError } from '../src/errors.js';
 
 export type NetnsStrategyId = 'a' | 'b' | 'c' | 'd' | 'e';
 
@@ -39,6 +40,14 @@ export interface NetnsOptions {
   /** Rate of the sender's link, Mbit/s (tbf). */
   linkMbit: number;
   mtu: number;
+  /**
+   * TCP congestion control in every namespace of the topology (default `cubic`, Linux's default).
+   * The namespaces would otherwise take the host's, which here is `bbr`: with it, plain TCP
+   * streams through the sender's own tbf die with ETIMEDOUT (measured with 16 bulk streams at
+   * 250 Mbit/s: 6 and 8 of them killed 28-65 s in, in 2 runs; with cubic, 0 of 16 in 70 s), and
+   * strategy (b) of the 16-VM scenario failed that way in most runs.
+   */
+  tcpCongestion?: string;
 }
 
 export interface NetnsScenarioInput {
@@ -483,6 +492,29 @@ export interface NetnsRunResult {
   scenarios: NetnsScenarioResult[];
 }
 
+export const DEFAULT_TCP_CONGESTION = 'cubic';
+
+/**
+ * Why `cc` cannot be used here, or undefined: checked against the kernel's loaded algorithms before
+ * the bench starts, so a typo fails at once and not after the CPU-bound runs.
+ */
+export function congestionControlUnavailable(cc: string): string | undefined {
+  let available: string[];
+  try {
+    available = readFileSync('/proc/sys/net/ipv4/tcp_available_congestion_control', 'utf8').trim().split(/\s+/);
+  } catch (e) {
+    return `cannot read the available TCP congestion control algorithms: ${e instanceof Error ? e.message : String(e)}`;
+  }
+  if (available.includes(cc)) return undefined;
+  return `TCP congestion control "${cc}" is not available here (available: ${available.join(', ')}; a module such as tcp_${cc} loads with modprobe)`;
+}
+
+/** Sets TCP congestion control in the sender's and every receiver's namespace. */
+async function setCongestionControl(topo: Topology, cc: string): Promise<void> {
+  const namespaces = [topo.senderNs, ...Array.from({ length: topo.receivers }, (_, i) => topo.receiverNs(i))];
+  for (const ns of namespaces) await topo.exec(ns, 'sysctl', ['-q', '-w', `net.ipv4.tcp_congestion_control=${cc}`]);
+}
+
 /**
  * Runs every strategy of every scenario on one topology (receivers: the most targets any
  * scenario has), torn down with the run's files in a finally, on SIGINT/SIGTERM, and at exit.
@@ -509,11 +541,9 @@ export async function runNetnsStrategies(
   // Children of `ip netns exec` inherit this environment: the token of this run only.
   process.env.VMSCATTER_TOKEN = `bench-${randomBytes(16).toString('hex')}`;
   const out: NetnsScenarioResult[] = [];
-  // The TCP strategies behave differently under different congestion control (namespaces take the
-  // host's default): printed with the results. (Here, with BBR, 16 plain TCP streams at once
-  // through the tbf saw a source socket fail with ETIMEDOUT; with cubic they completed.)
-  const cc = (await topo.exec(topo.senderNs, 'cat', ['/proc/sys/net/ipv4/tcp_congestion_control']).catch(() => '?')).trim();
+  const cc = o.tcpCongestion ?? DEFAULT_TCP_CONGESTION;
   try {
+    await setCongestionControl(topo, cc);
     log(`\nlink-bound: namespaces ${prefix}-*, sender link tbf ${o.linkMbit} Mbit/s, MTU ${o.mtu}, ${receivers} receivers, TCP congestion control ${cc}\n`);
     for (const sc of scenarios) {
       log(`\n[netns] ${sc.id}\n`);

@@ -22,6 +22,7 @@ import { pathToFileURL } from 'node:url';
 import { simFleetFromConfig } from '../src/agent/sim-agents.js';
 import { resolveConfig, type EvacuationConfig } from '../src/config.js';
 import { runSimEvacuation } from '../src/cli/demo-command.js';
+import { ErrorCode, VmsError } from '../src/errors.js';
 import { PAGE_SIZE } from '../src/memory/page.js';
 import { DEFAULT_PROFILE } from '../src/memory/sim-profile.js';
 import { checkQemu } from '../src/qemu/launcher.js';
@@ -185,6 +186,8 @@ export interface StrategiesOptions {
   netns?: boolean;
   /** Sender's link rate there, Mbit/s (default 1000). */
   linkMbit?: number;
+  /** TCP congestion control in the namespaces (default DEFAULT_TCP_CONGESTION, cubic). */
+  tcpCongestion?: string;
   /** Skip the real-guest rows even where QEMU is installed. */
   noQemu?: boolean;
 }
@@ -262,6 +265,11 @@ export async function runStrategiesBench(opts: StrategiesOptions): Promise<Recor
   const log = (s: string): void => {
     if (!opts.json) process.stderr.write(s);
   };
+  if (opts.netns && opts.tcpCongestion !== undefined) {
+    const { congestionControlUnavailable } = await import('./strategies-netns.js');
+    const why = congestionControlUnavailable(opts.tcpCongestion);
+    if (why) throw new VmsError(ErrorCode.CONFIG, `--tcp-cc: ${why}`);
+  }
   const list = scenarios(opts.quick);
   for (const sc of list) {
     log(`\n${sc.label}\n`);
@@ -299,7 +307,7 @@ export async function runStrategiesBench(opts: StrategiesOptions): Promise<Recor
       process.stderr.write(`bench strategies: link-bound run of scenario ${sc.id} skipped: ${reason}\n`);
       return false;
     });
-    linkBound = await runNetnsStrategies(chosen.map((sc) => ({ id: sc.id, config: sc.config })), Object.keys(STRATEGIES) as StrategyId[], { linkMbit, mtu: NETNS_MTU }, log);
+    linkBound = await runNetnsStrategies(chosen.map((sc) => ({ id: sc.id, config: sc.config })), Object.keys(STRATEGIES) as StrategyId[], { linkMbit, mtu: NETNS_MTU, ...(opts.tcpCongestion !== undefined ? { tcpCongestion: opts.tcpCongestion } : {}) }, log);
     if (skipped.length) linkBound.skipped = skipped;
     if (!linkBound.available) process.stderr.write(`bench strategies: link-bound run skipped: ${linkBound.reason}\n`);
     const head = linkBound.scenarios.find((s) => s.scenario === 'default');
@@ -317,7 +325,7 @@ export async function runStrategiesBench(opts: StrategiesOptions): Promise<Recor
 
   const head = out.find((s) => s.scenario.headline)!;
   const by = (id: StrategyId): StrategyResult => head.results.find((r) => r.strategy === id)!;
-  const flags = `${opts.quick ? ' --quick' : ''}${opts.netns ? ` --netns --link-mbit ${opts.linkMbit ?? DEFAULT_LINK_MBIT}` : ''}${opts.json ? ' --json' : ''}`;
+  const flags = `${opts.quick ? ' --quick' : ''}${opts.netns ? ` --netns --link-mbit ${opts.linkMbit ?? DEFAULT_LINK_MBIT}${opts.tcpCongestion !== undefined ? ` --tcp-cc ${opts.tcpCongestion}` : ''}` : ''}${opts.json ? ' --json' : ''}`;
   const result = {
     bench: 'strategies',
     date: new Date().toISOString(),
@@ -475,11 +483,13 @@ function argValue(name: string): string | undefined {
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
   const json = process.argv.includes('--json');
   const mbit = argValue('--link-mbit');
+  const cc = argValue('--tcp-cc');
   const r = await runStrategiesBench({
     quick: process.argv.includes('--quick'),
     json,
     netns: process.argv.includes('--netns'),
     ...(mbit !== undefined ? { linkMbit: Number(mbit) } : {}),
+    ...(cc !== undefined ? { tcpCongestion: cc } : {}),
     noQemu: process.argv.includes('--no-qemu'),
   });
   if (json) console.log(JSON.stringify(r));

@@ -14,6 +14,8 @@ export interface BenchOptions {
   netns?: boolean;
   /** strategies --netns: the sender's link rate, Mbit/s. */
   linkMbit?: number;
+  /** strategies --netns: TCP congestion control in the namespaces (default cubic). */
+  tcpCongestion?: string;
   /** qemu: the guests' workload instead of DEFAULT_WORKLOAD. */
   workload?: Partial<WorkloadParams>;
 }

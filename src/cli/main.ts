@@ -57,13 +57,18 @@ program
   .option('--json', 'print the results as one JSON object on stdout')
   .option('--netns', 'strategies: also run link-bound, as processes on a network-namespace topology (root)')
   .option('--link-mbit <n>', "strategies --netns: the sender's link rate in Mbit/s (default 250)")
+  .option('--tcp-cc <name>', 'strategies --netns: TCP congestion control in the namespaces (default cubic)')
   .option('--workload <spec>', `qemu: the guests' workload, key=value,... (${WORKLOAD_HELP})`)
-  .action(async (suite: string, opts: { quick?: boolean; json?: boolean; netns?: boolean; linkMbit?: string; workload?: string }) => {
+  .action(async (suite: string, opts: { quick?: boolean; json?: boolean; netns?: boolean; linkMbit?: string; tcpCc?: string; workload?: string }) => {
     let linkMbit: number | undefined;
     if (opts.linkMbit !== undefined) {
       linkMbit = Number(opts.linkMbit);
       if (!Number.isFinite(linkMbit) || linkMbit <= 0) throw new VmsError(ErrorCode.CONFIG, `--link-mbit must be a positive number of Mbit/s, got "${opts.linkMbit}"`);
       if (opts.netns !== true) throw new VmsError(ErrorCode.CONFIG, '--link-mbit needs --netns');
+    }
+    if (opts.tcpCc !== undefined) {
+      if (opts.netns !== true) throw new VmsError(ErrorCode.CONFIG, '--tcp-cc needs --netns');
+      if (!/^[a-z0-9_]+$/.test(opts.tcpCc)) throw new VmsError(ErrorCode.CONFIG, `--tcp-cc must name a congestion control algorithm (e.g. cubic, bbr, reno), got "${opts.tcpCc}"`);
     }
     let workload: Partial<WorkloadParams> | undefined;
     if (opts.workload !== undefined) {
@@ -75,6 +80,7 @@ program
       json: opts.json === true,
       ...(opts.netns === true ? { netns: true } : {}),
       ...(linkMbit !== undefined ? { linkMbit } : {}),
+      ...(opts.tcpCc !== undefined ? { tcpCongestion: opts.tcpCc } : {}),
       ...(workload !== undefined ? { workload } : {}),
     });
   });
