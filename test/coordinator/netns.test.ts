@@ -2,11 +2,13 @@
  * The control plane across network namespaces (test/netns/topology.ts): coordinator and source
  * agent in the sender's namespace (10.200.0.1), one target agent in each receiver's namespace
  * (10.200.0.11-13), and the CLI evacuating through the API from the sender's namespace while it
- * reads the event stream. Converge traffic crosses the bridge, as between hosts.
+ * reads the event stream. Converge traffic crosses the bridge, as between hosts. Twice: on clean
+ * links, and with loss, reordering and duplication on every target's link (multicast, converge
+ * streams and control traffic alike), where the job must end the same.
  * Skips with the reason when namespaces are not usable here; under CI=true that is a failure.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTopology, netnsUnavailableReason, receiverAddr, SENDER_ADDR, type Topology } from '../netns/topology.js';
+import { createTopology, netnsUnavailableReason, receiverAddr, SENDER_ADDR, type Impairment, type Topology } from '../netns/topology.js';
 import { TOKEN, track, type Proc } from './harness.js';
 
 const reason = await netnsUnavailableReason();
@@ -16,7 +18,12 @@ const TARGETS = 3;
 const COORDINATOR = `http://${SENDER_ADDR}:7400`;
 const MAIN = ['--import', 'tsx', 'src/cli/main.ts'];
 
-describe.skipIf(reason !== null && process.env.CI !== 'true')('coordinator and agents in network namespaces', () => {
+const LINKS: Array<{ name: string; impair?: Impairment }> = [
+  { name: 'clean links' },
+  { name: "5% loss, 2% reordering and 2% duplication on every target's link", impair: { loss: 0.05, reorder: 0.02, duplicate: 0.02 } },
+];
+
+describe.skipIf(reason !== null && process.env.CI !== 'true').each(LINKS)('coordinator and agents in network namespaces, $name', ({ impair }) => {
   it.runIf(reason !== null)('has its prerequisites (CI)', () => {
     throw new Error(`network-namespace tests cannot run under CI: ${reason}`);
   });
@@ -34,7 +41,7 @@ describe.skipIf(reason !== null && process.env.CI !== 'true')('coordinator and a
   beforeAll(async () => {
     // Children of `ip netns exec` inherit this environment: the shared token.
     process.env.VMSCATTER_TOKEN = TOKEN;
-    topo = await createTopology({ receivers: TARGETS, mtu: 9000 });
+    topo = await createTopology({ receivers: TARGETS, mtu: 9000, ...(impair ? { impair } : {}) });
     const c = node('coordinator', topo.senderNs, ['coordinator', '--listen', `${SENDER_ADDR}:7400`, '--state-dir', '', '--heartbeat-ms', '500', '--lost-after-ms', '5000', '--log-level', 'warn']);
     await c.line(/listening on/, 60_000);
     const agents = [
@@ -60,7 +67,7 @@ describe.skipIf(reason !== null && process.env.CI !== 'true')('coordinator and a
     const job = JSON.parse(ev.stdout.at(-1)!) as {
       state: string;
       vms: Array<{ name: string; target: string; state: string }>;
-      report: { ok: boolean; bytes: { converge: number; scatter: number } };
+      report: { ok: boolean; bytes: { converge: number; scatter: number }; scatter?: { repairs: number } };
     };
     const log = ev.stderr.join('');
     expect(job.state).toBe('succeeded');
@@ -81,6 +88,11 @@ describe.skipIf(reason !== null && process.env.CI !== 'true')('coordinator and a
     const received = after.receivers.reduce((s, r, i) => s + r.rxBytes - before.receivers[i]!.rxBytes, 0);
     expect(sent).toBeGreaterThan(job.report.bytes.converge + job.report.bytes.scatter);
     expect(received).toBeGreaterThan(job.report.bytes.converge);
+    if (impair) {
+      // The impairment did act on this job, and the scatter repaired what it lost.
+      expect((await topo.impairmentDrops()).every((d) => d > 0)).toBe(true);
+      expect(job.report.scatter!.repairs).toBeGreaterThan(0);
+    }
 
     // The job list from another client in the namespace shows it succeeded.
     const jobs = node('jobs', topo.senderNs, ['jobs', '--coordinator', COORDINATOR, '--json']);
