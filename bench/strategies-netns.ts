@@ -41,11 +41,9 @@ export interface NetnsOptions {
   linkMbit: number;
   mtu: number;
   /**
-   * TCP congestion control in every namespace of the topology (default `cubic`, Linux's default).
-   * The namespaces would otherwise take the host's, which here is `bbr`: with it, plain TCP
-   * streams through the sender's own tbf die with ETIMEDOUT (measured with 16 bulk streams at
-   * 250 Mbit/s: 6 and 8 of them killed 28-65 s in, in 2 runs; with cubic, 0 of 16 in 70 s), and
-   * strategy (b) of the 16-VM scenario failed that way in most runs.
+   * TCP congestion control in every namespace of the topology (default `cubic`, Linux's default),
+   * so that the TCP strategies run the same whatever the host's default is (here `bbr`; namespaces
+   * would take it). Printed with the results.
    */
   tcpCongestion?: string;
 }
@@ -575,5 +573,5 @@ export async function runNetnsStrategies(
     run.cleanup();
     await topo.destroy();
   }
-  return { available: true, linkMbit: o.linkMbit, mtu: o.mtu, topology: `sender + ${receivers} receiver namespaces on a bridge (test/netns/topology.sh), sender eth0 tbf ${o.linkMbit}mbit burst 256kb latency 20ms, TCP congestion control ${cc}`, scenarios: out };
+  return { available: true, linkMbit: o.linkMbit, mtu: o.mtu, topology: `sender + ${receivers} receiver namespaces on a bridge (test/netns/topology.sh), sender eth0 tbf ${o.linkMbit}mbit burst 256kb, queue 1000 packets, TCP congestion control ${cc}`, scenarios: out };
 }
