@@ -27,7 +27,7 @@ import { PAGE_SIZE } from '../src/memory/page.js';
 import { DEFAULT_PROFILE } from '../src/memory/sim-profile.js';
 import { checkQemu } from '../src/qemu/launcher.js';
 import { plainMigrate, servePlainTargets } from './plain-migration.js';
-import type { NetnsRunResult, NetnsStrategyResult } from './strategies-netns.js';
+import type { NetnsOptions, NetnsRunResult, NetnsStrategyResult } from './strategies-netns.js';
 
 export const STRATEGIES = {
   a: 'plain QEMU, one VM at a time',
@@ -179,6 +179,73 @@ function switchesMarkdown(list: SwitchResult[]): string {
   return s + '\n';
 }
 
+/**
+ * Converge in turn where it is meant to act: link-bound, VMs that each converge alone on the link
+ * but not side by side (8 VMs writing 82 Mbit/s each against a 250 Mbit/s link: 1/8 of it is
+ * 31 Mbit/s). Same run: (a) plain QEMU one VM at a time as the baseline, then (d) with
+ * `migration.convergeInTurn` on and off. Labelled: the dirty rate is chosen for this question.
+ */
+const TURN_SCENARIO = {
+  id: 'moderate-dirty',
+  label: 'moderate dirtiers: 8 VMs x 256 MiB, 2,500 dirty pages/s over 32 MiB -> 4 targets',
+  fleet: { dirtyPagesPerSec: 2500, workingSetPages: 8192 },
+  targets: 4,
+};
+
+export interface LinkBoundSwitch {
+  scenario: string;
+  label: string;
+  setting: 'migration.convergeInTurn';
+  /** Why it did not run (the link carries one VM's writes times the fleet, or not even one). */
+  skipped?: string;
+  plainOneAtATime?: NetnsStrategyResult;
+  on?: NetnsStrategyResult;
+  off?: NetnsStrategyResult;
+  bytesOnVsOff?: number;
+  timeOnVsOff?: number;
+}
+
+async function linkBoundSwitch(linkMbit: number, netns: NetnsOptions, log: (s: string) => void): Promise<LinkBoundSwitch> {
+  const { runNetnsStrategies } = await import('./strategies-netns.js');
+  const base = { scenario: TURN_SCENARIO.id, label: TURN_SCENARIO.label, setting: 'migration.convergeInTurn' as const };
+  const config = (turn: boolean): EvacuationConfig =>
+    resolveConfig({ fleet: TURN_SCENARIO.fleet, targets: TURN_SCENARIO.targets, plan: { strategy: 'graph' }, migration: { convergeInTurn: turn } });
+  const on = config(true);
+  const vmMbit = (on.fleet.dirtyPagesPerSec * PAGE_SIZE * 8) / 1e6;
+  if (vmMbit >= linkMbit) return { ...base, skipped: `one VM writes ${Math.round(vmMbit)} Mbit/s, more than the ${linkMbit} Mbit/s link: it converges in no order` };
+  if (vmMbit * on.fleet.vms <= linkMbit) return { ...base, skipped: `the ${on.fleet.vms} VMs write ${Math.round(vmMbit * on.fleet.vms)} Mbit/s together, no more than the ${linkMbit} Mbit/s link: side by side they converge anyway` };
+  log(`\n[netns] ${TURN_SCENARIO.label}, migration.convergeInTurn on and off\n`);
+  const first = await runNetnsStrategies([{ id: TURN_SCENARIO.id, config: on }], ['a', 'd'], netns, log);
+  if (!first.available) return { ...base, skipped: first.reason ?? 'network namespaces not available' };
+  const second = await runNetnsStrategies([{ id: `${TURN_SCENARIO.id}-turn-off`, config: config(false) }], ['d'], netns, log);
+  const a = first.scenarios[0]?.results.find((r) => r.strategy === 'a');
+  const d = first.scenarios[0]?.results.find((r) => r.strategy === 'd');
+  const off = second.scenarios[0]?.results.find((r) => r.strategy === 'd');
+  return {
+    ...base,
+    ...(a ? { plainOneAtATime: a } : {}),
+    ...(d ? { on: d } : {}),
+    ...(off ? { off } : {}),
+    ...(d && off ? { bytesOnVsOff: ratio(d.iface.senderTx, off.iface.senderTx), timeOnVsOff: ratio(d.wallSeconds, off.wallSeconds) } : {}),
+  };
+}
+
+function linkBoundSwitchMarkdown(x: LinkBoundSwitch, linkMbit: number): string {
+  let s = `## Converge in turn, link-bound (same run, ${linkMbit} Mbit/s)\n\n(labelled scenario) ${x.label}\n\n`;
+  if (x.skipped) return s + `Not run: ${x.skipped}.\n\n`;
+  s += '| strategy | eth0 sender tx MB | bytes vs (a) | wall s | time vs (a) | downtime ms mean / max | verified |\n| --- | ---: | ---: | ---: | ---: | ---: | --- |\n';
+  const a = x.plainOneAtATime;
+  const row = (name: string, r?: NetnsStrategyResult): string => {
+    if (!r) return `| ${name} | not run | | | | | |\n`;
+    if (r.error) return `| ${name} | FAILED: ${r.error.split('\n')[0]} | | | | | |\n`;
+    const vsA = (v: number, b?: number): string => (b && a && !a.error ? fx(v / b, 3) : '-');
+    return `| ${name} | ${MB(r.iface.senderTx)} | ${vsA(r.iface.senderTx, a?.iface.senderTx)} | ${fx(r.wallSeconds, 2)} | ${vsA(r.wallSeconds, a?.wallSeconds)} | ${fx(r.downtimeMs.mean, 1)} / ${fx(r.downtimeMs.max, 1)} | ${r.verified ? 'yes' : 'NO'} |\n`;
+  };
+  s += row(`(a) ${STRATEGIES.a}`, a) + row(`(d) ${STRATEGIES.d}, converge in turn on`, x.on) + row(`(d) ${STRATEGIES.d}, converge in turn off`, x.off);
+  if (x.bytesOnVsOff !== undefined) s += `\nConverge in turn on vs off: ${fx(x.bytesOnVsOff, 3)}x the bytes, ${fx(x.timeOnVsOff!, 3)}x the time.\n`;
+  return s + '\n';
+}
+
 export interface StrategiesOptions {
   quick: boolean;
   json: boolean;
@@ -287,7 +354,7 @@ export async function runStrategiesBench(opts: StrategiesOptions): Promise<Recor
   }
   const switches = await switchRuns(list, out, log);
 
-  let linkBound: (NetnsRunResult & { bytesRatio?: number; timeRatio?: number; vsDedupMinimum?: number; skipped?: Array<{ scenario: string; reason: string }> }) | undefined;
+  let linkBound: (NetnsRunResult & { bytesRatio?: number; timeRatio?: number; vsDedupMinimum?: number; skipped?: Array<{ scenario: string; reason: string }>; switches?: LinkBoundSwitch[] }) | undefined;
   if (opts.netns) {
     const { runNetnsStrategies } = await import('./strategies-netns.js');
     const linkMbit = opts.linkMbit ?? DEFAULT_LINK_MBIT;
@@ -318,6 +385,9 @@ export async function runStrategiesBench(opts: StrategiesOptions): Promise<Recor
       linkBound.timeRatio = ratio(nb('e').wallSeconds, nb('a').wallSeconds);
       linkBound.vsDedupMinimum = ratio(nb('d').programSenderBytes, head.dedupMinimum);
     }
+    if (!opts.quick && linkBound.available) {
+      linkBound.switches = [await linkBoundSwitch(linkMbit, { linkMbit, mtu: NETNS_MTU, ...(opts.tcpCongestion !== undefined ? { tcpCongestion: opts.tcpCongestion } : {}) }, log)];
+    }
   }
 
   const real = opts.noQemu ? { available: false, reason: 'skipped (--no-qemu)' } : await realGuestRows(log);
@@ -342,7 +412,7 @@ export async function runStrategiesBench(opts: StrategiesOptions): Promise<Recor
     ...(linkBound ? { linkBound } : {}),
     realGuests: real,
   };
-  const md = markdown(result.scenarios, result) + switchesMarkdown(switches) + (linkBound ? netnsMarkdown(linkBound, list) : '') + realMarkdown(real);
+  const md = markdown(result.scenarios, result) + switchesMarkdown(switches) + (linkBound ? netnsMarkdown(linkBound, list) + (linkBound.switches ?? []).map((x) => linkBoundSwitchMarkdown(x, linkBound!.linkMbit)).join('') : '') + realMarkdown(real);
   const linkHead = linkBound?.scenarios.find((s) => s.scenario === 'default');
   const svg = linkHead
     ? chart(
