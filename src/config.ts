@@ -36,7 +36,7 @@ export const MigrationSchema = Type.Object(
     stopCopyFirst: Type.Boolean({ default: true, description: "while a VM is stopped for its stop-and-copy, hold the job's other VMs' pre-copy, and keep what they have in flight small (shorter downtime with parallel > 1)" }),
     convergeInTurn: Type.Boolean({
       default: true,
-      description: "a VM still in pre-copy after 3 passes gets the job's bandwidth until it has moved, in the order VMs got there, while the others hold (with parallel > 1, VMs that dirty faster than 1/parallel of the bandwidth converge instead of iterating to the round limit)",
+      description: "a VM still in pre-copy after its first pass gets the job's bandwidth until it has moved, in the order VMs got there, while the others hold (with parallel > 1, VMs that dirty faster than 1/parallel of the bandwidth converge instead of iterating to the round limit)",
     }),
   },
   { additionalProperties: false },

@@ -10,13 +10,15 @@
  *   job's bandwidth until it has moved; VMs found so earlier go first, all the others hold.
  *   Pre-copy converges when a VM's bandwidth outruns its dirty rate; with N VMs side by side each
  *   has 1/N of it, so a VM that would converge alone can iterate until its round limit (or
- *   forever, on QEMU), resending its working set every pass (measured, 8 VMs dirtying 20,000
- *   pages/s, CPU-bound: 2.6-3.0 GB in up to 11 passes side by side, 2.2-2.3 GB with the turn, which
- *   costs 20-30% more time there; 10.4 GB side by side while garbage collection slowed the
- *   pipeline, README "Dirtying VMs with parallel migrations"). VMs that converge side by side
- *   (QEMU typically needs 2-3 passes then) are never held for it: a turn is not work-conserving
- *   (a VM alone is bounded by its own max-bandwidth, which may leave the link or cores idle; with
- *   a turn from the second pass on, 8 VMs dirtying 5,000 pages/s took 40% longer).
+ *   forever, on QEMU), resending its working set every pass. A turn is not work-conserving (a VM
+ *   alone is bounded by its own max-bandwidth, which may leave the link or cores idle), but the
+ *   first pass, the bulk of every VM (and, with the scatter, mostly references), always goes side
+ *   by side; the turns order only the passes over dirtied pages. Measured in one bench run each
+ *   (README "Dirtying VMs with parallel migrations"), turns from the second pass against from the
+ *   fourth: 8 VMs writing 82 Mbit/s each on a 250 Mbit/s link, 885 MB in 29.6 s against 1221 MB in
+ *   40.3 s (plain QEMU one VM at a time: 1127 MB, 36.3 s); the default scenario on that link,
+ *   497 MB in 17.0 s against 545 MB in 18.6 s; CPU-bound, 8 VMs dirtying 20,000 pages/s, 1534 MB
+ *   in 9.5 s against 2219-2414 MB in 9.4-12.2 s.
  *
  * The hold is applied where each VM's stream enters its converge channel (ConvergeSource), so it
  * reaches the VM's pre-copy as ordinary backpressure: a simulated VM waits for its write, QEMU
@@ -31,11 +33,13 @@
  * acknowledgements.
  */
 /**
- * Passes a VM may take side by side with the others: the first and two over dirtied pages, where
- * pre-copy that keeps up with its guest has converged (QEMU's auto-converge, likewise, acts after
- * two passes in a row that could not keep up).
+ * Passes a VM may take side by side with the others: the first, over every page. From its second
+ * pass on (pages its guest dirtied meanwhile), a VM still in pre-copy waits for its turn. Turns
+ * from the fourth pass (the first and two over dirtied pages, where pre-copy that keeps up has
+ * converged) let VMs resend their working sets side by side twice more: up to 1.4x the bytes and
+ * time of turns from the second (measurements above).
  */
-export const TURN_AFTER_PASSES = 3;
+export const TURN_AFTER_PASSES = 1;
 
 export interface MigrationPriorityOptions {
   /** Default true. */
