@@ -32,7 +32,6 @@ import {
 } from '../test/netns/topology.js';
 import type { PlainMigrateResult } from './plain-migration.js';
 import { NODE_FLAGS } from '../src/node-flags.js';
-import { ErrorCode, VmsError } from '../src/errors.js';
 
 export type NetnsStrategyId = 'a' | 'b' | 'c' | 'd' | 'e';
 
