@@ -205,7 +205,8 @@ export interface LinkBoundSwitch {
   timeOnVsOff?: number;
 }
 
-async function linkBoundSwitch(linkMbit: number, netns: NetnsOptions, log: (s: string) => void): Promise<LinkBoundSwitch> {
+async function linkBoundSwitch(netns: NetnsOptions, log: (s: string) => void): Promise<LinkBoundSwitch> {
+  const { linkMbit } = netns;
   const { runNetnsStrategies } = await import('./strategies-netns.js');
   const base = { scenario: TURN_SCENARIO.id, label: TURN_SCENARIO.label, setting: 'migration.convergeInTurn' as const };
   const config = (turn: boolean): EvacuationConfig =>
@@ -374,7 +375,8 @@ export async function runStrategiesBench(opts: StrategiesOptions): Promise<Recor
       process.stderr.write(`bench strategies: link-bound run of scenario ${sc.id} skipped: ${reason}\n`);
       return false;
     });
-    linkBound = await runNetnsStrategies(chosen.map((sc) => ({ id: sc.id, config: sc.config })), Object.keys(STRATEGIES) as StrategyId[], { linkMbit, mtu: NETNS_MTU, ...(opts.tcpCongestion !== undefined ? { tcpCongestion: opts.tcpCongestion } : {}) }, log);
+    const netnsOpts: NetnsOptions = { linkMbit, mtu: NETNS_MTU, ...(opts.tcpCongestion !== undefined ? { tcpCongestion: opts.tcpCongestion } : {}) };
+    linkBound = await runNetnsStrategies(chosen.map((sc) => ({ id: sc.id, config: sc.config })), Object.keys(STRATEGIES) as StrategyId[], netnsOpts, log);
     if (skipped.length) linkBound.skipped = skipped;
     if (!linkBound.available) process.stderr.write(`bench strategies: link-bound run skipped: ${linkBound.reason}\n`);
     const head = linkBound.scenarios.find((s) => s.scenario === 'default');
@@ -386,7 +388,7 @@ export async function runStrategiesBench(opts: StrategiesOptions): Promise<Recor
       linkBound.vsDedupMinimum = ratio(nb('d').programSenderBytes, head.dedupMinimum);
     }
     if (!opts.quick && linkBound.available) {
-      linkBound.switches = [await linkBoundSwitch(linkMbit, { linkMbit, mtu: NETNS_MTU, ...(opts.tcpCongestion !== undefined ? { tcpCongestion: opts.tcpCongestion } : {}) }, log)];
+      linkBound.switches = [await linkBoundSwitch(netnsOpts, log)];
     }
   }
 
