@@ -158,13 +158,9 @@ export class ScatterReceiver {
     this.auth = key ? new DatagramAuth(key, o.target) : null;
     this.store = o.store;
     this.iface = o.iface ?? SCATTER_DEFAULTS.iface;
-    // Not multicastUdpNetwork({ source }) (group sockets connected to the sender, drained with
-    // read(2)): it saves 0.5-1 us of user time per datagram, which did not show in `bench
-    // scatter` (4 runs each way, 2026-12-03: 167-173 MB/s either way). Its event-loop stalls
-    // (0.2-0.7 s, from a drain budget per event instead of per loop turn) are fixed; the IGMP
-    // misses once blamed on it were joins and leaves inside the kernel's report delay, since
-    // fixed by the sender's start gate.
-    this.net = o.network ?? multicastUdpNetwork();
+    // Group sockets are connected to the sender (the kernel drops datagrams from anyone else) and
+    // read by polling while data flows (multicast-udp.ts).
+    this.net = o.network ?? multicastUdpNetwork({ source: o.session.sender });
     const byId = new Map(o.session.groups.map((g) => [g.id, g]));
     for (const gid of o.session.order) {
       const g = byId.get(gid);

@@ -23,6 +23,8 @@ export interface ScatterSocket {
   /** Sends whose buffers are no longer referenced. Sends complete in issue order. */
   readonly completed: number;
   readonly sendErrors: number;
+  /** Datagrams read by polling instead of one read event each (real UDP group sockets, multicast-udp.ts). */
+  readonly polledReads?: number;
   readonly local: Peer;
   close(): void;
 }

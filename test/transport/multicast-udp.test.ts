@@ -1,7 +1,8 @@
 /**
  * The scatter's UDP sockets on loopback (no root): a group socket connected to its source takes
- * only that source's datagrams, and the drained path (read(2) into one reused buffer) hands over
- * every queued datagram intact and in order.
+ * only that source's datagrams, and the polled path (read(2) into one reused buffer while a burst
+ * lasts, read events again once the queue stays empty) hands over every datagram intact and in
+ * order, bounds what one event-loop turn reads, and stops at close.
  */
 import { describe, expect, it } from 'vitest';
 import { multicastUdpNetwork } from '../../src/transport/multicast-udp.js';
@@ -17,7 +18,7 @@ function datagram(i: number): Buffer {
 }
 
 describe('multicast UDP sockets', () => {
-  it('a group socket takes only its source, and drains bursts intact and in order', async () => {
+  it('a group socket takes only its source, and polls bursts intact and in order, then goes back to read events', async () => {
     const group = `239.193.${Math.floor(Math.random() * 250)}.${1 + Math.floor(Math.random() * 250)}`;
     const port = 20000 + Math.floor(Math.random() * 20000);
     const send = await multicastUdpNetwork().open({ bindAddress: IFACE, port: 0, iface: IFACE, onMessage: () => {} });
@@ -40,17 +41,25 @@ describe('multicast UDP sockets', () => {
     });
     try {
       const n = 2000;
-      // Bursts much faster than one 'message' event per datagram: most are read by the drain.
+      // Bursts much faster than one 'message' event per datagram: most are read by polling, and
+      // the pauses between them (2 and 20 ms) let the socket go back to read events or not.
       for (let i = 0; i < n; i += 100) {
         for (let k = i; k < i + 100; k++) send.send([datagram(k)], port, group);
         other.send([datagram(1_000_000 + i)], port, group);
-        await new Promise((r) => setTimeout(r, 2));
+        await new Promise((r) => setTimeout(r, i % 500 === 0 ? 20 : 2));
       }
       const until = Date.now() + 5000;
       while (got.length < n && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+      expect(rx.polledReads).toBeGreaterThan(n / 2);
+      // Long after the last burst: polling has stopped, and a lone datagram comes by its read event.
       await new Promise((r) => setTimeout(r, 50));
+      const polled = rx.polledReads;
+      send.send([datagram(n)], port, group);
+      const until2 = Date.now() + 5000;
+      while (got.length <= n && Date.now() < until2) await new Promise((r) => setTimeout(r, 5));
+      expect(rx.polledReads).toBe(polled);
       expect(bad).toBe(0);
-      expect(got).toEqual(Array.from({ length: n }, (_, i) => i));
+      expect(got).toEqual(Array.from({ length: n + 1 }, (_, i) => i));
       for (const f of froms) expect(f).toEqual(send.local);
     } finally {
       rx.close();
@@ -59,7 +68,7 @@ describe('multicast UDP sockets', () => {
     }
   });
 
-  it('drains at most maxDrain datagrams per event-loop turn, so timers and other sockets get theirs', async () => {
+  it('polls at most maxDrain datagrams per event-loop turn, so timers and other sockets get theirs', async () => {
     const group = `239.193.${Math.floor(Math.random() * 250)}.${1 + Math.floor(Math.random() * 250)}`;
     const port = 20000 + Math.floor(Math.random() * 20000);
     const send = await multicastUdpNetwork().open({ bindAddress: IFACE, port: 0, iface: IFACE, onMessage: () => {} });
@@ -82,10 +91,42 @@ describe('multicast UDP sockets', () => {
       const until = Date.now() + 5000;
       while (got < n && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
       expect(got).toBe(n);
-      // One turn: libuv delivers at most 32 'message' events per poll, plus one drain budget.
-      // (With a budget per event instead, one turn took 32 x (1 + 8) = 288 here.)
+      // One turn: the 'message' event that starts polling, then one poll's budget.
       expect(atNextTurn).toBeGreaterThan(0);
-      expect(atNextTurn).toBeLessThanOrEqual(32 + maxDrain);
+      expect(atNextTurn).toBeLessThanOrEqual(1 + maxDrain);
+    } finally {
+      rx.close();
+      send.close();
+    }
+  });
+
+  it('stops reading at close, also in the middle of a polled burst', async () => {
+    const group = `239.193.${Math.floor(Math.random() * 250)}.${1 + Math.floor(Math.random() * 250)}`;
+    const port = 20000 + Math.floor(Math.random() * 20000);
+    const send = await multicastUdpNetwork().open({ bindAddress: IFACE, port: 0, iface: IFACE, onMessage: () => {} });
+    let got = 0;
+    let afterClose = 0;
+    let closed = false;
+    const rx = await multicastUdpNetwork({ source: send.local }).open({
+      bindAddress: group,
+      port,
+      iface: IFACE,
+      reuseAddr: true,
+      join: group,
+      onMessage: () => {
+        if (closed) afterClose++;
+        if (++got === 50) {
+          rx.close();
+          closed = true;
+        }
+      },
+    });
+    try {
+      for (let i = 0; i < 300; i++) send.send([datagram(i)], port, group);
+      await new Promise((r) => setTimeout(r, 100));
+      expect(got).toBe(50);
+      expect(afterClose).toBe(0);
+      expect(rx.polledReads).toBeGreaterThan(0);
     } finally {
       rx.close();
       send.close();
