@@ -442,12 +442,16 @@ export class ScatterReceiver {
           this.counters.malformed++;
           return;
         }
+        const pollSeq = h.seq; // `h` is reused by the reads below
+        // What the host received but the group socket has not read yet (reads are polled) is
+        // not missing: read it before answering.
+        this.memberships.get(rx.g.address)?.sock?.readQueued?.();
         rx.total = total;
         this.checkComplete(rx);
         // Answer with every gap past the reordering allowance, ignoring back-off.
         if (!rx.complete) this.sendNacks(rx, performance.now(), true);
         const missing = rx.complete ? 0 : rx.total - rx.received;
-        this.sendControl(Kind.STATUS, rx.g.id, h.seq, encodeStatusBody(missing, rx.received));
+        this.sendControl(Kind.STATUS, rx.g.id, pollSeq, encodeStatusBody(missing, rx.received));
         return;
       }
       case Kind.DONE: {

@@ -52,6 +52,8 @@ function literalLookup(hostname: string, _options: LookupOneOptions, callback: (
 export const POLL_MS = 1;
 /** Polls in a row that found the queue empty, after which the socket goes back to read events. */
 export const POLL_IDLE_TICKS = 2;
+/** Most datagrams readQueued() reads (a full 8 MiB receive buffer holds about 500 of 8 KiB). */
+const READ_QUEUED_MAX = 4096;
 
 interface UdpHandle {
   fd: number;
@@ -93,12 +95,11 @@ export function multicastUdpNetwork(opts: MulticastUdpOptions = {}): ScatterNetw
         let polledReads = 0;
         let pollTimer: NodeJS.Timeout | null = null;
         let pollNow: NodeJS.Immediate | null = null;
-        const poll = (): void => {
-          pollTimer = null;
-          pollNow = null;
+        /** Read up to `max` queued datagrams and hand them over; the number read. */
+        const readQueue = (max: number): number => {
           const buf = scratch!;
           let got = 0;
-          for (; got < maxDrain && !closed; got++) {
+          for (; got < max && !closed; got++) {
             let n: number;
             try {
               n = readSync(fd, buf, 0, MAX_DATAGRAM, null);
@@ -108,6 +109,12 @@ export function multicastUdpNetwork(opts: MulticastUdpOptions = {}): ScatterNetw
             polledReads++;
             o.onMessage(buf.subarray(0, n), source!);
           }
+          return got;
+        };
+        const poll = (): void => {
+          pollTimer = null;
+          pollNow = null;
+          const got = readQueue(maxDrain);
           if (closed) return;
           if (got > 0) emptyPolls = 0;
           else if (++emptyPolls >= POLL_IDLE_TICKS) {
@@ -157,6 +164,9 @@ export function multicastUdpNetwork(opts: MulticastUdpOptions = {}): ScatterNetw
             },
             get polledReads() {
               return polledReads;
+            },
+            readQueued() {
+              return handle && !closed ? readQueue(READ_QUEUED_MAX) : 0;
             },
             local: { address: a.address, port: a.port },
             close() {

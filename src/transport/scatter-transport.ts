@@ -25,6 +25,11 @@ export interface ScatterSocket {
   readonly sendErrors: number;
   /** Datagrams read by polling instead of one read event each (real UDP group sockets, multicast-udp.ts). */
   readonly polledReads?: number;
+  /**
+   * Hand over, now, the datagrams the host has received but the socket has not read yet (they
+   * wait for the next poll); returns how many. Absent or 0 where reads are not polled.
+   */
+  readQueued?(): number;
   readonly local: Peer;
   close(): void;
 }

@@ -132,4 +132,34 @@ describe('multicast UDP sockets', () => {
       send.close();
     }
   });
+
+  it('readQueued hands over at once what the host received and the socket has not read', async () => {
+    const group = `239.193.${Math.floor(Math.random() * 250)}.${1 + Math.floor(Math.random() * 250)}`;
+    const port = 20000 + Math.floor(Math.random() * 20000);
+    const send = await multicastUdpNetwork().open({ bindAddress: IFACE, port: 0, iface: IFACE, onMessage: () => {} });
+    const got: number[] = [];
+    const rx = await multicastUdpNetwork({ source: send.local }).open({
+      bindAddress: group,
+      port,
+      iface: IFACE,
+      reuseAddr: true,
+      join: group,
+      onMessage: (msg) => got.push(msg.readUInt32BE(0)),
+    });
+    try {
+      for (let i = 0; i < 100; i++) send.send([datagram(i)], port, group);
+      // Let the kernel queue them without giving the event loop a turn (no read event, no poll).
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 50);
+      expect(got).toEqual([]);
+      expect(rx.readQueued!()).toBe(100);
+      expect(got).toEqual(Array.from({ length: 100 }, (_, i) => i));
+      expect(rx.readQueued!()).toBe(0);
+      await new Promise((r) => setTimeout(r, 20));
+      expect(got.length).toBe(100);
+    } finally {
+      rx.close();
+      send.close();
+    }
+    expect(rx.readQueued!()).toBe(0);
+  });
 });
