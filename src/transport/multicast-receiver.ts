@@ -186,6 +186,10 @@ export class ScatterReceiver {
       this.mine.push(rx);
       this.byId.set(gid, rx);
     }
+    // Room for every content coming, in one allocation before the first datagram (ContentStore).
+    let coming = 0;
+    for (const rx of this.mine) for (const id of rx.g.contents) if (!this.store.has(id)) coming++;
+    this.store.reserve(coming);
     this.done = new Promise((resolve) => {
       this.resolveDone = resolve;
     });
