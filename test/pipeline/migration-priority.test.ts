@@ -82,7 +82,7 @@ describe('MigrationPriority: stop-and-copy first', () => {
 describe('MigrationPriority: converge in turn', () => {
   const turnOnly = (maxHoldMs?: number): MigrationPriority => new MigrationPriority({ stopCopyFirst: false, ...(maxHoldMs ? { maxHoldMs } : {}) });
 
-  it(`VMs take their first ${TURN_AFTER_PASSES} passes side by side`, () => {
+  it(`VMs take their first ${TURN_AFTER_PASSES === 1 ? "pass" : `${TURN_AFTER_PASSES} passes`} side by side`, () => {
     const p = turnOnly();
     for (let n = 1; n <= TURN_AFTER_PASSES; n++) {
       p.pass('a', n);
