@@ -6,7 +6,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { multicastUdpNetwork } from '../../src/transport/multicast-udp.js';
-import type { Peer } from '../../src/transport/scatter-transport.js';
+import type { Peer, ScatterSocket } from '../../src/transport/scatter-transport.js';
 
 const IFACE = '127.0.0.1';
 
@@ -17,28 +17,27 @@ function datagram(i: number): Buffer {
   return b;
 }
 
+/** A sender socket and a group socket connected to it (polled reads), on a random group and port. */
+async function groupPair(onMessage: (msg: Buffer, from: Peer) => void, opts: { maxDrain?: number } = {}): Promise<{ send: ScatterSocket; rx: ScatterSocket; group: string; port: number }> {
+  const group = `239.193.${Math.floor(Math.random() * 250)}.${1 + Math.floor(Math.random() * 250)}`;
+  const port = 20000 + Math.floor(Math.random() * 20000);
+  const send = await multicastUdpNetwork().open({ bindAddress: IFACE, port: 0, iface: IFACE, onMessage: () => {} });
+  const rx = await multicastUdpNetwork({ source: send.local, ...opts }).open({ bindAddress: group, port, iface: IFACE, reuseAddr: true, join: group, onMessage });
+  return { send, rx, group, port };
+}
+
 describe('multicast UDP sockets', () => {
   it('a group socket takes only its source, and polls bursts intact and in order, then goes back to read events', async () => {
-    const group = `239.193.${Math.floor(Math.random() * 250)}.${1 + Math.floor(Math.random() * 250)}`;
-    const port = 20000 + Math.floor(Math.random() * 20000);
-    const send = await multicastUdpNetwork().open({ bindAddress: IFACE, port: 0, iface: IFACE, onMessage: () => {} });
-    const other = await multicastUdpNetwork().open({ bindAddress: IFACE, port: 0, iface: IFACE, onMessage: () => {} });
     const got: number[] = [];
     const froms: Peer[] = [];
     let bad = 0;
-    const rx = await multicastUdpNetwork({ source: send.local }).open({
-      bindAddress: group,
-      port,
-      iface: IFACE,
-      reuseAddr: true,
-      join: group,
-      onMessage: (msg, from) => {
-        const i = msg.readUInt32BE(0);
-        if (!datagram(i).equals(msg)) bad++;
-        got.push(i);
-        froms.push(from);
-      },
+    const { send, rx, group, port } = await groupPair((msg, from) => {
+      const i = msg.readUInt32BE(0);
+      if (!datagram(i).equals(msg)) bad++;
+      got.push(i);
+      froms.push(from);
     });
+    const other = await multicastUdpNetwork().open({ bindAddress: IFACE, port: 0, iface: IFACE, onMessage: () => {} });
     try {
       const n = 2000;
       // Bursts much faster than one 'message' event per datagram: most are read by polling, and
@@ -69,22 +68,15 @@ describe('multicast UDP sockets', () => {
   });
 
   it('polls at most maxDrain datagrams per event-loop turn, so timers and other sockets get theirs', async () => {
-    const group = `239.193.${Math.floor(Math.random() * 250)}.${1 + Math.floor(Math.random() * 250)}`;
-    const port = 20000 + Math.floor(Math.random() * 20000);
-    const send = await multicastUdpNetwork().open({ bindAddress: IFACE, port: 0, iface: IFACE, onMessage: () => {} });
     const maxDrain = 8;
     let got = 0;
     let atNextTurn = -1;
-    const rx = await multicastUdpNetwork({ source: send.local, maxDrain }).open({
-      bindAddress: group,
-      port,
-      iface: IFACE,
-      reuseAddr: true,
-      join: group,
-      onMessage: () => {
+    const { send, rx, group, port } = await groupPair(
+      () => {
         if (got++ === 0) setImmediate(() => (atNextTurn = got));
       },
-    });
+      { maxDrain },
+    );
     try {
       const n = 400;
       for (let i = 0; i < n; i++) send.send([datagram(i)], port, group); // all queued before the receiver's turn
@@ -101,25 +93,15 @@ describe('multicast UDP sockets', () => {
   });
 
   it('stops reading at close, also in the middle of a polled burst', async () => {
-    const group = `239.193.${Math.floor(Math.random() * 250)}.${1 + Math.floor(Math.random() * 250)}`;
-    const port = 20000 + Math.floor(Math.random() * 20000);
-    const send = await multicastUdpNetwork().open({ bindAddress: IFACE, port: 0, iface: IFACE, onMessage: () => {} });
     let got = 0;
     let afterClose = 0;
     let closed = false;
-    const rx = await multicastUdpNetwork({ source: send.local }).open({
-      bindAddress: group,
-      port,
-      iface: IFACE,
-      reuseAddr: true,
-      join: group,
-      onMessage: () => {
-        if (closed) afterClose++;
-        if (++got === 50) {
-          rx.close();
-          closed = true;
-        }
-      },
+    const { send, rx, group, port } = await groupPair(() => {
+      if (closed) afterClose++;
+      if (++got === 50) {
+        rx.close();
+        closed = true;
+      }
     });
     try {
       for (let i = 0; i < 300; i++) send.send([datagram(i)], port, group);
@@ -134,18 +116,8 @@ describe('multicast UDP sockets', () => {
   });
 
   it('readQueued hands over at once what the host received and the socket has not read', async () => {
-    const group = `239.193.${Math.floor(Math.random() * 250)}.${1 + Math.floor(Math.random() * 250)}`;
-    const port = 20000 + Math.floor(Math.random() * 20000);
-    const send = await multicastUdpNetwork().open({ bindAddress: IFACE, port: 0, iface: IFACE, onMessage: () => {} });
     const got: number[] = [];
-    const rx = await multicastUdpNetwork({ source: send.local }).open({
-      bindAddress: group,
-      port,
-      iface: IFACE,
-      reuseAddr: true,
-      join: group,
-      onMessage: (msg) => got.push(msg.readUInt32BE(0)),
-    });
+    const { send, rx, group, port } = await groupPair((msg) => got.push(msg.readUInt32BE(0)));
     try {
       for (let i = 0; i < 100; i++) send.send([datagram(i)], port, group);
       // Let the kernel queue them without giving the event loop a turn (no read event, no poll).
