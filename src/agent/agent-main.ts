@@ -13,11 +13,11 @@ import { ErrorCode, VmsError, isVmsError } from '../errors.js';
 import { buildAgentServer } from './agent-server.js';
 import { simFleetFromConfig, type SimSourceVm } from './sim-agents.js';
 import { SourceHost, hostedSimVm, type HostedVm } from './source-host.js';
-import { adoptGuests, readGuestsFile, type AdoptedGuest } from './qemu-guests.js';
+import { adoptGuests, readGuestsFile, type AdoptOptions, type AdoptedGuest } from './qemu-guests.js';
 import { TargetHost } from './target-host.js';
 import { controlCall, sleep } from '../coordinator/http-client.js';
 import { requireToken, type TypedApp } from '../coordinator/http-server.js';
-import type { AgentRegistration, RegisterReply } from '../coordinator/schemas.js';
+import type { AgentRegistration, GuestsReload, RegisterReply } from '../coordinator/schemas.js';
 import { VERSION } from '../coordinator/version.js';
 
 const MiB = 1024 * 1024;
@@ -32,6 +32,8 @@ export interface AgentHandle {
   target?: TargetHost;
   app: TypedApp;
   logger: Logger;
+  /** Source agent of QEMU guests: read the guests file again (POST /v1/guests/reload, SIGHUP). */
+  reloadGuests?: () => Promise<GuestsReload>;
   close(): Promise<void>;
 }
 
@@ -67,9 +69,13 @@ export async function startAgent(cfg: EvacuationConfig, o: StartAgentOptions = {
   const listen = parseHostPort(cfg.agent.listen, 'agent.listen');
 
   let source: SourceHost | undefined;
+  let reloadGuests: (() => Promise<GuestsReload>) | undefined;
   let target: TargetHost | undefined;
   let simVms: SimSourceVm[] = [];
   let adopted: AdoptedGuest[] = [];
+  let adoptOpts: AdoptOptions | undefined;
+  let reloading: Promise<unknown> = Promise.resolve();
+  let closed = false;
   let runDir: string | undefined;
   /** Let go of what this agent holds: simulated VMs stop, QEMU guests run on without us. */
   const release = async (): Promise<void> => {
@@ -86,13 +92,14 @@ export async function startAgent(cfg: EvacuationConfig, o: StartAgentOptions = {
       }
       const specs = readGuestsFile(cfg.agent.guests);
       runDir = await mkdtemp(join(tmpdir(), 'vmscatter-agent-'));
+      adoptOpts = {
+        workDir: runDir,
+        params: { maxBandwidth: cfg.migration.maxBandwidthMiBps * MiB, downtimeLimitMs: cfg.migration.downtimeLimitMs },
+        quitMigrated: cfg.agent.quitMigrated,
+        logger,
+      };
       try {
-        adopted = await adoptGuests(specs, {
-          workDir: runDir,
-          params: { maxBandwidth: cfg.migration.maxBandwidthMiBps * MiB, downtimeLimitMs: cfg.migration.downtimeLimitMs },
-          quitMigrated: cfg.agent.quitMigrated,
-          logger,
-        });
+        adopted = await adoptGuests(specs, adoptOpts);
       } catch (e) {
         await release();
         throw e;
@@ -113,6 +120,18 @@ export async function startAgent(cfg: EvacuationConfig, o: StartAgentOptions = {
       convergeInTurn: cfg.migration.convergeInTurn,
       scatter: cfg.scatter,
     });
+    if (adoptOpts) {
+      const host = source;
+      const file = cfg.agent.guests;
+      const opts = adoptOpts;
+      // One reload at a time; close() waits for the one running.
+      reloadGuests = () => {
+        if (closed) return Promise.reject(new VmsError(ErrorCode.CONFLICT, `agent ${name} is shutting down`));
+        const next = reloading.then(() => reloadGuestsFile(file, host, adopted, opts));
+        reloading = next.catch(() => undefined);
+        return next;
+      };
+    }
   } else {
     const dl = parseHostPort(cfg.agent.dataListen, 'agent.dataListen');
     const qemu = cfg.agent.fleet === 'qemu';
@@ -141,7 +160,7 @@ export async function startAgent(cfg: EvacuationConfig, o: StartAgentOptions = {
     ...(target ? { capacityBytes: cfg.agent.capacityMiB * MiB, ...target.usage(), ...(cfg.agent.maxVms > 0 ? { maxVms: cfg.agent.maxVms } : {}) } : {}),
     vms: source?.listVms() ?? target?.listVms() ?? [],
   });
-  const app = await buildAgentServer({ token, logger, info, ...(source ? { source } : {}), ...(target ? { target } : {}) });
+  const app = await buildAgentServer({ token, logger, info, ...(source ? { source } : {}), ...(target ? { target } : {}), ...(reloadGuests ? { reloadGuests } : {}) });
   try {
     await app.listen({ host: listen.host, port: listen.port });
   } catch (e) {
@@ -157,7 +176,6 @@ export async function startAgent(cfg: EvacuationConfig, o: StartAgentOptions = {
   link?.start();
   logger.info({ controlUrl, ...(data ? { data } : {}), fleet: cfg.agent.fleet, vms: source?.listVms().length, coordinator: cfg.coordinator.url }, `${role} agent ${name} ready`);
 
-  let closed = false;
   return {
     name,
     role,
@@ -167,6 +185,7 @@ export async function startAgent(cfg: EvacuationConfig, o: StartAgentOptions = {
     ...(target ? { target } : {}),
     app,
     logger,
+    ...(reloadGuests ? { reloadGuests } : {}),
     async close() {
       if (closed) return;
       closed = true;
@@ -174,9 +193,58 @@ export async function startAgent(cfg: EvacuationConfig, o: StartAgentOptions = {
       await source?.close();
       await app.close();
       await target?.close();
+      await reloading;
       await release();
     },
   };
+}
+
+/**
+ * Read a source agent's guests file again and bring what it hosts in line: take on listed guests
+ * it does not have yet (if running), let go of guests no longer listed, and take on again guests
+ * listed with another description. Guests in a job or migrated are left as they are. An
+ * unreadable or invalid file changes nothing (the error says why). `adopted` is updated in place.
+ */
+async function reloadGuestsFile(file: string, host: SourceHost, adopted: AdoptedGuest[], opts: AdoptOptions): Promise<GuestsReload> {
+  const specs = readGuestsFile(file);
+  const r: GuestsReload = { added: [], removed: [], readopted: [], unchanged: [], notRunning: [], busy: [], failed: [] };
+  const listed = new Map(specs.map((g) => [g.name, g]));
+  const letGo = (a: AdoptedGuest): boolean => {
+    const gone = host.removeVm(a.spec.name);
+    if (gone === 'busy') return false;
+    a.close();
+    adopted.splice(adopted.indexOf(a), 1);
+    return true;
+  };
+  const again = new Set<string>();
+  for (const a of [...adopted]) {
+    const spec = listed.get(a.spec.name);
+    if (spec && JSON.stringify(spec) === JSON.stringify(a.spec)) r.unchanged.push(a.spec.name);
+    else if (!letGo(a)) r.busy.push(a.spec.name);
+    else if (spec) again.add(spec.name);
+    else r.removed.push(a.spec.name);
+  }
+  for (const spec of specs) {
+    if (host.vm(spec.name) !== undefined) {
+      // A migrated guest stays listed as such (its source QEMU may be a paused copy).
+      if (!r.unchanged.includes(spec.name) && !r.busy.includes(spec.name)) r.busy.push(spec.name);
+      continue;
+    }
+    try {
+      const [a] = await adoptGuests([spec], opts);
+      if (!a) {
+        r.notRunning.push(spec.name);
+        continue;
+      }
+      host.addVms([a.hosted]);
+      adopted.push(a);
+      (again.has(spec.name) ? r.readopted : r.added).push(spec.name);
+    } catch (e) {
+      r.failed.push({ name: spec.name, error: (e as Error).message });
+    }
+  }
+  opts.logger?.info(r, `guests file ${file} reloaded`);
+  return r;
 }
 
 function bracket(host: string): string {

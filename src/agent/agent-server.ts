@@ -10,6 +10,7 @@
  *                GET  /v1/runs/:job/events?after=N    its events, NDJSON, until the end record
  *                POST /v1/runs/:job/cancel            cancel: every VM not switched over keeps running
  *                POST /v1/runs/:job/abort-target      a target was lost: fail its VMs, sources resume
+ *                POST /v1/guests/reload               (QEMU) read the guests file again: take on, let go
  *   target       GET  /v1/vms/:name/digest            RAM digest of a received VM (verification)
  *                PUT  /v1/incoming/:name              (QEMU) the machine to start for a VM about to arrive
  *                POST /v1/jobs/:job/scatter           join a job's scatter (multicast receiver into its store)
@@ -28,6 +29,7 @@ import {
   DigestReply,
   EventsQuery,
   FleetUpload,
+  GuestsReload,
   Health,
   IncomingRequest,
   RunParams,
@@ -48,6 +50,8 @@ export interface AgentServerOptions {
   target?: TargetHost;
   /** What GET /v1/agent answers (also what the agent registers with). */
   info: () => AgentRegistration;
+  /** A source agent of QEMU guests: POST /v1/guests/reload reads its guests file again. */
+  reloadGuests?: () => Promise<GuestsReload>;
 }
 
 /** NDJSON keep-alive: lets the reader tell a quiet run from a dead connection. */
@@ -78,6 +82,17 @@ export async function buildAgentServer(o: AgentServerOptions): Promise<TypedApp>
 
   const src = o.source;
   if (src) {
+    app.post('/v1/guests/reload', { schema: { response: { 200: GuestsReload, ...errorReplies(409, 422) } } }, async () => {
+      if (!o.reloadGuests) throw new ApiError(409, ErrorCode.CONFLICT, `source agent ${src.name} hosts simulated VMs; a guests file is read by a source agent with agent.fleet "qemu"`);
+      try {
+        return await o.reloadGuests();
+      } catch (e) {
+        // An unreadable or invalid guests file: the request was fine, the file is not.
+        if (isVmsError(e) && e.code === ErrorCode.CONFIG) throw new ApiError(422, ErrorCode.CONFIG, e.message);
+        throw e;
+      }
+    });
+
     const runOf = (job: string) => {
       const r = src.run(job);
       if (!r) throw new ApiError(404, ErrorCode.NOT_FOUND, `source agent ${src.name} has no run for job ${job}`);

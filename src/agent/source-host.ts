@@ -104,6 +104,21 @@ export class SourceHost {
     return this.vms.get(name);
   }
 
+  /** Take on more VMs (a reload of the guests file); their names must be new on this host. */
+  addVms(hosted: readonly HostedVm[]): void {
+    for (const h of hosted) if (this.vms.has(h.vm.name)) throw new VmsError(ErrorCode.CONFIG, `source host ${this.name} already has a VM named ${h.vm.name}`);
+    for (const h of hosted) this.vms.set(h.vm.name, { hosted: h });
+  }
+
+  /** Forget a VM that is in no job and was not migrated: 'removed', else 'busy' (or 'absent'). */
+  removeVm(name: string): 'removed' | 'busy' | 'absent' {
+    const o = this.vms.get(name);
+    if (!o) return 'absent';
+    if (o.job !== undefined || o.migratedTo !== undefined) return 'busy';
+    this.vms.delete(name);
+    return 'removed';
+  }
+
   /** Scan the VMs' RAM into one content index: what the planner needs (a dry-run plan). */
   async scan(names?: string[]): Promise<FleetVmWire[]> {
     const chosen = this.resolve(names ?? [...this.vms.keys()].filter((n) => this.vms.get(n)!.migratedTo === undefined), false);

@@ -90,7 +90,20 @@ export async function agentCommand(flags: AgentFlags): Promise<void> {
     process.stderr.write(
       `vmscatter agent ${a.name}: node was started without ${missing.join(' ')} (bin/vmscatter.js and the npm scripts pass it): expect garbage-collection pauses inside guests' downtime (docs/operations.md)\n`,
     );
+  // SIGHUP: a source agent of QEMU guests reads its guests file again (POST /v1/guests/reload).
+  const onHup = (): void => {
+    if (!a.reloadGuests) {
+      process.stderr.write(`vmscatter agent ${a.name}: SIGHUP ignored (only a source agent of QEMU guests reloads its guests file)\n`);
+      return;
+    }
+    a.reloadGuests().then(
+      (r) => process.stderr.write(`vmscatter agent ${a.name}: guests file reloaded: ${JSON.stringify(r)}\n`),
+      (e: unknown) => process.stderr.write(`vmscatter agent ${a.name}: guests file not reloaded: ${(e as Error).message}\n`),
+    );
+  };
+  process.on('SIGHUP', onHup);
   await untilSignal();
+  process.off('SIGHUP', onHup);
   process.stderr.write(`vmscatter agent ${a.name}: shutting down${a.role === 'source' ? '; runs are cancelled and their VMs keep running here' : ''}\n`);
   await a.close();
 }

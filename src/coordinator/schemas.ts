@@ -283,6 +283,23 @@ export const RunParams = Type.Object({ job: JobId });
 export const VmParams = Type.Object({ name: VmName });
 export const DigestReply = Type.Object({ vm: Type.String(), state: Type.String(), digest: Type.Optional(Type.String()), detail: Type.Optional(Type.String()) });
 export type DigestReply = Static<typeof DigestReply>;
+/** What a source agent's reload of its QEMU guests file did (POST /v1/guests/reload, SIGHUP). */
+export const GuestsReload = Type.Object({
+  /** Newly listed guests found running and taken on. */
+  added: Type.Array(Type.String()),
+  /** Guests no longer listed: let go (they run on, without vmscatter). */
+  removed: Type.Array(Type.String()),
+  /** Listed with another description than the one taken on: let go and taken on again. */
+  readopted: Type.Array(Type.String()),
+  unchanged: Type.Array(Type.String()),
+  /** Listed but not running (QMP socket absent or refusing): skipped, as at start. */
+  notRunning: Type.Array(Type.String()),
+  /** Not listed any more or changed, but in a job (or migrated): left as they are. */
+  busy: Type.Array(Type.String()),
+  /** Guests that could not be taken on, with why (e.g. a RAM file that does not match the machine). */
+  failed: Type.Array(Type.Object({ name: Type.String(), error: Type.String() })),
+});
+export type GuestsReload = Static<typeof GuestsReload>;
 
 // ------------------------------------------------------------------ QEMU guests (agent.fleet "qemu")
 

@@ -159,6 +159,14 @@ describe('coordinator and agents as processes on loopback', () => {
     expect((await sourceVms('s1')).every((v) => v.state === 'migrated')).toBe(true);
   }, 120_000);
 
+  it('SIGHUP does not stop an agent (a source of QEMU guests reloads its guests file; this one says it has none)', async () => {
+    const s1 = procs.find((p) => p.name === 's1')!;
+    process.kill(s1.child.pid!, 'SIGHUP');
+    await waitFor('s1 to answer SIGHUP', async () => s1.stderr.join('').includes('SIGHUP ignored (only a source agent of QEMU guests reloads its guests file)'), 10_000, 50);
+    expect(s1.child.exitCode).toBeNull();
+    expect((await sourceVms('s1')).length).toBe(3);
+  });
+
   it('cancel mid-converge leaves every source VM running', async () => {
     const r = await api<Job>(url, '/v1/evacuations', { body: { source: 's3', targets: ['t1', 't2'], vms: ['s3-vm0', 's3-vm1', 's3-vm2'] } });
     expect(r.status).toBe(202);

@@ -245,6 +245,40 @@ describe('AdmittedVm (a VM of an agent run)', () => {
   });
 });
 
+describe('a source host taking on and letting go of VMs (guests file reload)', () => {
+  it('forgets only idle VMs, takes on only new names; a simulated-VM source refuses a guests reload', async () => {
+    const token = 't'.repeat(16);
+    const a = await startAgent(
+      resolveConfig({ auth: { token }, agent: { role: 'source', name: 's-sim', listen: '127.0.0.1:0', register: false }, fleet: { vms: 3, memoryMiB: 4 } }),
+      { logger: pino({ level: 'silent' }) },
+    );
+    try {
+      const src = a.source!;
+      const names = src.listVms().map((v) => v.name);
+      expect(names).toHaveLength(3);
+      const [v0, v1, v2] = names as [string, string, string];
+      const hosted = src.vm(v0)!.hosted;
+      expect(src.removeVm(v0)).toBe('removed');
+      expect(src.removeVm(v0)).toBe('absent');
+      expect(src.listVms().map((v) => v.name)).toEqual([v1, v2]);
+      src.addVms([hosted]);
+      expect(src.listVms().map((v) => v.name).sort()).toEqual([...names].sort());
+      expect(() => src.addVms([hosted])).toThrow(/already has a VM named/);
+      src.vm(v1)!.job = 'j1';
+      expect(src.removeVm(v1)).toBe('busy');
+      src.markMigrated(v2, 't1');
+      expect(src.removeVm(v2)).toBe('busy');
+      expect(src.listVms()).toHaveLength(3);
+      expect(a.reloadGuests).toBeUndefined();
+      const r = await a.app.inject({ method: 'POST', url: '/v1/guests/reload', headers: { authorization: `Bearer ${token}` } });
+      expect(r.statusCode).toBe(409);
+      expect(r.json().message).toMatch(/hosts simulated VMs; a guests file is read by a source agent with agent.fleet "qemu"/);
+    } finally {
+      await a.close();
+    }
+  });
+});
+
 describe('PUT /v1/incoming/:vm (a source announces a QEMU machine to a target agent)', () => {
   it('a QEMU target takes it once, checks its files exist there; a simulated-VM target refuses it', async () => {
     const silent = pino({ level: 'silent' });

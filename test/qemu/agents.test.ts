@@ -146,7 +146,8 @@ describe.skipIf(!run).sequential('QEMU guests evacuated through the coordinator 
     // At 24 MiB/s a guest's pre-copy (~100 MB) takes about 4 s: long enough to cancel one.
     const src = await startAgent(
       config({
-        agent: { role: 'source', name: 'qsrc', listen: '127.0.0.1:0', fleet: 'qemu', guests: await writeGuests('source.json', MEM, [...NAMES, 'gone']) },
+        // qa1 joins by a reload of the file (first test).
+        agent: { role: 'source', name: 'qsrc', listen: '127.0.0.1:0', fleet: 'qemu', guests: await writeGuests('source.json', MEM, [NAMES[0]!, 'gone']) },
         migration: { downtimeLimitMs: 20, maxBandwidthMiBps: 24 },
       }),
       { logger: silent },
@@ -171,7 +172,29 @@ describe.skipIf(!run).sequential('QEMU guests evacuated through the coordinator 
   }, 60_000);
 
   it('skips a listed guest that is not running; refuses a guests file that does not describe a running guest, or is missing', async () => {
-    expect(agents.find((a) => a.name === 'qsrc')!.source!.listVms().map((v) => [v.name, v.state])).toEqual([
+    const src = agents.find((a) => a.name === 'qsrc')!;
+    expect(src.source!.listVms().map((v) => [v.name, v.state])).toEqual([['qa0', 'running']]);
+    // The owner lists qa1 too and has the agent read the file again (what SIGHUP does).
+    const reload = () => src.app.inject({ method: 'POST', url: '/v1/guests/reload', headers: auth });
+    await writeGuests('source.json', MEM, [...NAMES, 'gone']);
+    let r = await reload();
+    expect(r.statusCode, r.body).toBe(200);
+    expect(r.json()).toEqual({ added: ['qa1'], removed: [], readopted: [], unchanged: ['qa0'], notRunning: ['gone'], busy: [], failed: [] });
+    // A description that does not match the running guest: let go, not taken on again; then fixed.
+    await writeFile(join(dir, 'source.json'), (await readFile(join(dir, 'source.json'), 'utf8')).replace(`"memoryMiB": ${MEM}`, `"memoryMiB": ${MEM / 2}`));
+    r = await reload();
+    expect(r.json().failed).toEqual([{ name: 'qa0', error: expect.stringMatching(new RegExp(`RAM file .* has \\d+ bytes, but its machine \\(memoryMiB ${MEM / 2},`)) }]);
+    expect(src.source!.listVms().map((v) => v.name)).toEqual(['qa1']);
+    await writeGuests('source.json', MEM, [...NAMES, 'gone']);
+    r = await reload();
+    expect(r.json()).toMatchObject({ added: ['qa0'], unchanged: ['qa1'], failed: [] });
+    // An invalid file changes nothing.
+    await writeFile(join(dir, 'source.json'), JSON.stringify({ guests: 'qa0' }));
+    r = await reload();
+    expect(r.statusCode).toBe(422);
+    expect(r.json().message).toMatch(/QEMU guests file .*source.json is invalid/);
+    await writeGuests('source.json', MEM, [...NAMES, 'gone']);
+    expect(src.source!.listVms().map((v) => [v.name, v.state]).sort()).toEqual([
       ['qa0', 'running'],
       ['qa1', 'running'],
     ]);
