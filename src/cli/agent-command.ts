@@ -27,6 +27,7 @@ export interface AgentFlags {
   register?: boolean;
   scatter?: boolean;
   scatterInterface?: string;
+  scatterRateMbps?: number;
   mtu?: number;
   logLevel?: string;
 }
@@ -73,7 +74,7 @@ export function agentConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = process.
     fleet: fleet?.fleet,
     migration: { maxBandwidthMiBps: flags.maxBandwidthMibps },
     // commander defaults --no-scatter's value to true: only an explicit --no-scatter counts.
-    scatter: { enabled: flags.scatter === false ? false : undefined, interface: flags.scatterInterface, mtu: flags.mtu },
+    scatter: { enabled: flags.scatter === false ? false : undefined, interface: flags.scatterInterface, mtu: flags.mtu, rateMBps: flags.scatterRateMbps },
     log: { level: flags.logLevel },
   };
   return resolveConfig(mergeConfig(file ? readConfigFile(file) : {}, envConfig(env), fromFlags), file ? `config ${file} with environment and flags` : 'environment and flags');

@@ -62,6 +62,7 @@ export function registerServiceCommands(program: Command): Command {
     .option('--max-bandwidth-mibps <n>', 'source: pre-copy rate limit per VM (QEMU default 128; 0 = unlimited)', Number)
     .option('--scatter-interface <addr>', 'IPv4 address of the interface multicast is sent (source) or received (target) on (default 127.0.0.1)')
     .option('--mtu <bytes>', 'MTU of the multicast path (9000: two pages per datagram)', int)
+    .option('--scatter-rate-mbps <n>', "source: the multicast sender's ceiling, MB/s (default 100); it starts at half and backs off when receivers lose datagrams", Number)
     .option('--no-scatter', 'source: skip the multicast scatter (converge carries every page)')
     .option('--no-register', 'do not register with the coordinator (it polls this agent: coordinator --agent URL)')
     .option('--config <file>', 'JSON config file (default: VMSCATTER_CONFIG)')

@@ -188,6 +188,12 @@ describe('configuration', () => {
     expect(() => resolveConfig({ agent: { fleet: 'xen' } })).toThrow(/\/agent\/fleet/);
   });
 
+  it('takes the scatter sender ceiling from --scatter-rate-mbps (default 100 MB/s), and refuses one below 1', () => {
+    expect(agentConfig({ role: 'source' }, {}).scatter.rateMBps).toBe(100);
+    expect(agentConfig({ role: 'source', scatterRateMbps: 1000 }, {}).scatter.rateMBps).toBe(1000);
+    expect(() => agentConfig({ role: 'source', scatterRateMbps: 0 }, {})).toThrow(/\/scatter\/rateMBps/);
+  });
+
   it('parses --workload key=value into QEMU guest workload parameters, and checks they fit the guest', () => {
     expect(parseWorkloadSpec('uniqueMiB=64,dirtypagespertick=256,tickIntervalSec=0.2')).toEqual({ uniqueMiB: 64, dirtyPagesPerTick: 256, tickIntervalSec: 0.2 });
     expect(() => parseWorkloadSpec('')).toThrow(/--workload needs key=value/);
