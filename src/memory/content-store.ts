@@ -32,6 +32,11 @@ export class ContentStore {
     return this.used;
   }
 
+  /** Pages the slabs have room for, used or not. */
+  get capacityPages(): number {
+    return this.capacity;
+  }
+
   /** Make room for `pages` more pages than the store holds, allocated now (not touched). */
   reserve(pages: number): void {
     if (!Number.isInteger(pages) || pages < 0) throw new RangeError(`pages to reserve must be a non-negative integer, got ${pages}`);

@@ -38,6 +38,7 @@ describe('ContentStore', () => {
     const store = new ContentStore();
     store.reserve(10);
     store.reserve(5); // already there
+    expect(store.capacityPages).toBe(10);
     for (let id = 0; id < 12; id++) store.put(id, page(id), 0);
     for (let id = 0; id < 12; id++) expect(store.get(id)!.equals(page(id))).toBe(true);
     expect(() => store.reserve(-1)).toThrow(RangeError);

@@ -31,6 +31,8 @@ describe('scatter on loopback', () => {
       for (let t = 0; t < stores.length; t++) {
         const need = fleet.needs[t]!;
         expect(Array.from(stores[t]!.heldIds())).toEqual(Array.from(need));
+        // Reserved in one go when the receiver opened, for exactly what its groups bring.
+        expect(stores[t]!.capacityPages).toBe(need.length);
         expect(storeDigest(stores[t]!, need)).toBe(syntheticDigest(SEED, need));
         expect(Array.from(r.targets[t]!.held)).toEqual(Array.from(need));
         expect(r.targets[t]!.complete).toBe(true);
