@@ -225,11 +225,8 @@ async function reloadGuestsFile(file: string, host: SourceHost, adopted: Adopted
     else r.removed.push(a.spec.name);
   }
   for (const spec of specs) {
-    if (host.vm(spec.name) !== undefined) {
-      // A migrated guest stays listed as such (its source QEMU may be a paused copy).
-      if (!r.unchanged.includes(spec.name) && !r.busy.includes(spec.name)) r.busy.push(spec.name);
-      continue;
-    }
+    // Still hosted: unchanged, or busy (in a job, or migrated: its source QEMU may be a paused copy).
+    if (host.vm(spec.name) !== undefined) continue;
     try {
       const [a] = await adoptGuests([spec], opts);
       if (!a) {
