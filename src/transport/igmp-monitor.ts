@@ -96,14 +96,14 @@ export class IgmpMonitor {
 
   /**
    * Send an IGMPv3 general query on the interface, so that hosts that joined before this
-   * monitor started report their memberships again (within `maxResponseMs`). Resolves false
-   * when it could not be sent.
+   * monitor started report their memberships again (within `maxResponseMs`, in steps of 100 ms;
+   * 0: at once, Linux answers within a clock tick). Resolves false when it could not be sent.
    */
   query(maxResponseMs = 500): Promise<boolean> {
     if (this.closed) return Promise.resolve(false);
     const q = Buffer.alloc(12);
     q[0] = 0x11; // membership query
-    q[1] = Math.max(1, Math.min(127, Math.round(maxResponseMs / 100))); // max resp code, 1/10 s
+    q[1] = Math.max(0, Math.min(127, Math.round(maxResponseMs / 100))); // max resp code, 1/10 s
     // group 0.0.0.0 (general), S=0 QRV=2, QQIC=125 s, no sources
     q[8] = 0x02;
     q[9] = 125;

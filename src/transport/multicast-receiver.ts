@@ -58,7 +58,11 @@ export interface ScatterReceiverOptions {
   reorderMs?: number;
   /** First NACK back-off; doubles per attempt up to 16x (default 40 ms). */
   nackBackoffMs?: number;
-  /** Resend an unacknowledged join confirmation after this long (default 50 ms). */
+  /**
+   * Resend an unacknowledged join confirmation after this long (default 50 ms). Until the sender
+   * has answered once, on every timer tick (nackIntervalMs) instead: receivers start before their
+   * sender, and its first group waits for every member's confirmation.
+   */
   joinRetryMs?: number;
   /** Give up when nothing has come from the source for this long (default 30 s). */
   idleTimeoutMs?: number;
@@ -328,7 +332,8 @@ export class ScatterReceiver {
       this.finish('timeout');
       return;
     }
-    if (this.joinAcked < this.joinVersion && now - this.lastJoinSentAt >= (this.o.joinRetryMs ?? 50)) this.sendJoin();
+    // Until the sender has answered once, on every tick (see joinRetryMs).
+    if (this.joinAcked < this.joinVersion && (this.joinAcked < 0 || now - this.lastJoinSentAt >= (this.o.joinRetryMs ?? 50))) this.sendJoin();
     // Scan for gaps in the check phase, after this loop turn's I/O: timers run before pending
     // datagrams are read, so a busy receiver would otherwise NACK what is merely queued.
     setImmediate(() => {

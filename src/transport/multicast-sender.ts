@@ -394,9 +394,10 @@ export class ScatterSender {
     this.startedAt = performance.now();
     if (this.igmp) {
       // Targets that joined before the monitor started: ask every host to report its groups
-      // now (answers within 100 ms). No need to wait for the answers here: a group starts only
-      // once the network has seen its members join, or igmpJoinWaitMs after they confirmed.
-      if (!(await this.igmp.query(100))) this.stats.igmp.reason = 'general query could not be sent: joins made before the sender opened are not seen';
+      // now, at once (maximum response time 0: a 100 ms one held the first group back by 50-100
+      // ms). No need to wait for the answers here: a group starts only once the network has
+      // seen its members join, or igmpJoinWaitMs after they confirmed.
+      if (!(await this.igmp.query(0))) this.stats.igmp.reason = 'general query could not be sent: joins made before the sender opened are not seen';
     }
     this.prepareGroups();
     return new Promise<ScatterResult>((resolve, reject) => {

@@ -10,7 +10,7 @@ import { ScatterSender, type ScatterProgress, type ScatterResult, type ScatterSe
 import { pageDigest, syntheticContentSource, syntheticPage } from '../../src/transport/scatter-child.js';
 import { sessionFromPlan, type ScatterSession } from '../../src/transport/scatter-session.js';
 import { MemoryNetwork, type Impairment } from '../../src/transport/scatter-transport.js';
-import { AUTH_TRAILER_BYTES, Flag, HEADER_BYTES, Kind, writeHeader } from '../../src/wire/datagram.js';
+import { ALL_GROUPS, AUTH_TRAILER_BYTES, decodeHeader, encodeControl, Flag, HEADER_BYTES, Kind, writeHeader } from '../../src/wire/datagram.js';
 import { makeFleet, type Fleet } from './fleet.js';
 
 const SEED = 77;
@@ -226,6 +226,39 @@ describe('scatter over the in-memory network', () => {
     expect(rep.held.length).toBe(0);
     for (const t of [0, 1, 3]) expect(run.result.targets[t]!.complete).toBe(true);
     expect(run.result.sender.joinsMissing).toBeGreaterThan(0);
+  });
+
+  it('confirms its joins on every tick until the sender first answers, then only when they change', async () => {
+    // Receivers start before their sender, whose first group waits for every member's
+    // confirmation: a 50 ms retry held a scatter's start back by up to 50 ms.
+    const fleet = makeFleet(200);
+    const net = new MemoryNetwork();
+    const joins: Array<{ seq: number; from: { address: string; port: number } }> = [];
+    const ctl = await net.open({
+      bindAddress: SENDER,
+      port: 47001,
+      iface: SENDER,
+      onMessage: (msg, from) => {
+        const h = decodeHeader(msg);
+        if (h?.kind === Kind.JOIN) joins.push({ seq: h.seq, from });
+      },
+    });
+    const session = sessionFromPlan(fleet.plan, { job: 7, key: null, sender: { address: SENDER, port: 47001 }, mtu: 9000, window: 3 });
+    const r = await ScatterReceiver.open({ session, target: 0, store: new ContentStore(), iface: iface(0), network: net, nackIntervalMs: 10, joinRetryMs: 60_000 });
+    try {
+      await new Promise((res) => setTimeout(res, 150));
+      // About one per 10 ms tick; with only joinRetryMs (60 s) it would be the first one alone.
+      expect(joins.length).toBeGreaterThanOrEqual(5);
+      const last = joins[joins.length - 1]!;
+      ctl.send([encodeControl(Kind.JOIN_ACK, session.job, ALL_GROUPS, last.seq, 0, undefined)], last.from.port, last.from.address);
+      await new Promise((res) => setTimeout(res, 50));
+      const after = joins.length;
+      await new Promise((res) => setTimeout(res, 150));
+      expect(joins.length).toBe(after);
+    } finally {
+      r.close();
+      ctl.close();
+    }
   });
 
   it('reports progress up to done', async () => {
