@@ -1,10 +1,12 @@
-/** Token bucket, fallback groups, session parsing, IGMP parsing. */
+/** Token bucket, fallback groups, session parsing, IGMP parsing, the synthetic content source. */
 import { describe, expect, it } from 'vitest';
 import { assignAddresses, parsePool, sessionFromJson, sessionFromPlan, sessionToJson } from '../../src/transport/scatter-session.js';
 import { parseIgmpPacket } from '../../src/transport/igmp-monitor.js';
 import { simpleGroups } from '../../src/transport/simple-groups.js';
 import { TokenBucket } from '../../src/transport/token-bucket.js';
 import { VmsError } from '../../src/errors.js';
+import { PAGE_SIZE } from '../../src/memory/page.js';
+import { syntheticContentSource, syntheticPage } from '../../src/transport/scatter-child.js';
 
 describe('TokenBucket', () => {
   it('paces to its rate with a bounded burst', () => {
@@ -128,6 +130,21 @@ describe('IGMP parsing', () => {
         b[9] = 2;
       }
       expect(Array.isArray(parseIgmpPacket(b))).toBe(true);
+    }
+  });
+});
+
+describe('syntheticContentSource', () => {
+  it('gives each listed id its synthetic page and nothing for others, dense or sparse ids', () => {
+    const want = Buffer.alloc(PAGE_SIZE);
+    for (const ids of [[0, 1, 2, 5, 7], [3, 1_000_000, 4_000_000_000]]) {
+      const src = syntheticContentSource(9, ids);
+      expect(src.bytes).toBe(ids.length * PAGE_SIZE);
+      for (const id of ids) {
+        syntheticPage(9, id, want);
+        expect(src.contentBytes(id)!.equals(want)).toBe(true);
+      }
+      for (const id of [4, 6, 8, 999_999, -1]) expect(src.contentBytes(id)).toBeUndefined();
     }
   });
 });
