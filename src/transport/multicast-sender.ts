@@ -20,7 +20,7 @@ import {
   DatagramAuth,
   Flag,
   HEADER_BYTES,
-  IP_UDP_OVERHEAD,
+  FRAME_OVERHEAD,
   Kind,
   MAX_CONTROL_BYTES,
   SENDER_ORIGIN,
@@ -52,7 +52,10 @@ export interface ScatterSenderOptions {
   /** Interface address multicast leaves by (default: session.sender.address). */
   iface?: string;
   network?: ScatterNetwork;
-  /** Pacing ceiling, bytes/s on the wire (default 125 MB/s, a 1 Gbit/s link). */
+  /**
+   * Pacing ceiling, bytes/s on the wire as interface counters and tc count them (Ethernet
+   * frames, FRAME_OVERHEAD; default 125 MB/s, a 1 Gbit/s link).
+   */
   rateBytesPerSec?: number;
   /** Starting rate, fraction of the ceiling (default 0.5; it grows until the first loss). */
   rateInitialFraction?: number;
@@ -320,7 +323,7 @@ export class ScatterSender {
       doneResentAt: 0,
     }));
     const rate = o.rateBytesPerSec ?? 125e6;
-    const wireBytes = this.layout.maxDatagramBytes + IP_UDP_OVERHEAD;
+    const wireBytes = this.layout.maxDatagramBytes + FRAME_OVERHEAD;
     this.burstDatagrams = Math.max(64, Math.ceil((rate * 0.002) / wireBytes));
     this.bucket = new TokenBucket({
       rateBytesPerSec: rate,
@@ -680,13 +683,14 @@ export class ScatterSender {
     return true;
   }
 
+  /** Bytes of DATA datagram `seq` as an Ethernet link carries it (what the pacing counts). */
   private datagramWireBytes(tx: GroupTx, seq: number): number {
     const l = this.layout;
     const trailer = this.auth ? AUTH_TRAILER_BYTES : 0;
-    if (l.fragmentsPerPage > 1) return HEADER_BYTES + fragmentSpan(seq % l.fragmentsPerPage, l.fragmentsPerPage).length + trailer + IP_UDP_OVERHEAD;
+    if (l.fragmentsPerPage > 1) return HEADER_BYTES + fragmentSpan(seq % l.fragmentsPerPage, l.fragmentsPerPage).length + trailer + FRAME_OVERHEAD;
     const first = seq * l.pagesPerDatagram;
     const k = Math.min(l.pagesPerDatagram, tx.sendIds.length - first);
-    return HEADER_BYTES + 4 * (k - 1) + k * PAGE_SIZE + trailer + IP_UDP_OVERHEAD;
+    return HEADER_BYTES + 4 * (k - 1) + k * PAGE_SIZE + trailer + FRAME_OVERHEAD;
   }
 
   /** Build and send DATA datagram `seq` of the group to its address, or to `to` by unicast. */

@@ -35,6 +35,12 @@ export const TAG_BYTES = 16;
 export const AUTH_TRAILER_BYTES = NONCE_BYTES + TAG_BYTES;
 /** IPv4 + UDP headers. */
 export const IP_UDP_OVERHEAD = 28;
+/**
+ * What a datagram adds on an Ethernet link as interface counters (`ip -s link`) and tc count
+ * it: IPv4 and UDP headers and the 14-byte Ethernet header (not preamble, FCS or gap). The
+ * sender's pacing counts datagrams this way, so its ceiling is a link rate as tc sees it.
+ */
+export const FRAME_OVERHEAD = IP_UDP_OVERHEAD + 14;
 /** Origin field of the nonce for datagrams from the source. */
 export const SENDER_ORIGIN = 0xffffffff;
 /** `group` value meaning "every group" (REPORT_REQ). */

@@ -9,6 +9,7 @@
 import { describe, expect, it } from 'vitest';
 import { pageDigest, syntheticDigest, syntheticPage } from '../../src/transport/scatter-child.js';
 import { PAGE_SIZE } from '../../src/memory/page.js';
+import { FRAME_OVERHEAD } from '../../src/wire/datagram.js';
 import { createTopology, netnsUnavailableReason, type Impairment } from '../netns/topology.js';
 import { runNetnsScatter } from '../netns/scatter-run.js';
 import { makeFleet } from './fleet.js';
@@ -46,6 +47,7 @@ describe.skipIf(reason !== null && process.env.CI !== 'true')('scatter across ne
       const fleet = makeFleet(c.contents, 4, 2, cases.indexOf(c) + 1);
       const topo = await createTopology({ receivers: 4, mtu: c.mtu, ...(c.impair ? { impair: c.impair } : {}) });
       try {
+        const before = await topo.linkCounters();
         const r = await runNetnsScatter(topo, {
           plan: fleet.plan,
           seed: SEED,
@@ -75,6 +77,14 @@ describe.skipIf(reason !== null && process.env.CI !== 'true')('scatter across ne
           expect(rep.held).toEqual(want);
         }
         const s = r.sender.sender;
+        // The pacing counts a datagram as the link does (FRAME_OVERHEAD): what the sender's
+        // interface counted is its datagrams so counted, plus about 40 small frames of ARP, IGMP
+        // and IPv6 (~4 KB here; counting only IP and UDP headers would leave 14 bytes more per
+        // datagram, 18-56 KB in these cases).
+        const framed = s.bytesSent + s.datagrams * FRAME_OVERHEAD;
+        const txBytes = (await topo.linkCounters()).sender.txBytes - before.sender.txBytes;
+        expect(txBytes - framed).toBeGreaterThanOrEqual(0);
+        expect(txBytes - framed).toBeLessThan(8192);
         const memberships = fleet.plan.groups.reduce((a, g) => a + g.targets.length, 0);
         expect(s.joinsConfirmed).toBe(memberships);
         // Root has CAP_NET_RAW: the network itself confirms the joins, and a group starts only
