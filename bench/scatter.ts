@@ -32,9 +32,15 @@ const RECEIVERS = 4;
  * repairs in its first slot against 211-273 with almost none in a script running it alone on
  * the same topology (receivers' system time per datagram nearly doubled; not pinned down, it
  * follows this VM's memory state: 103-201 MB/s with 4.5 GiB held in /dev/shm). Rounds and the
- * median put every tool through the same sequence and take noise out.
+ * median take noise out; each round starts with another tool (round r with the r-th), so that
+ * no tool always runs in the same slot of the sequence (vmscatter used to be first in every
+ * round; its bench rounds on 2026-12-03 made 183-320 MB/s, the same scatter alone in a script
+ * that hour 272-357).
  */
 const ROUNDS = 3;
+const TOOLS = ['vmscatter', 'uftp', 'udpcast'] as const;
+/** The tools in round `round` (1-based): rotated, the round's first tool being the round-th. */
+const inTurn = (round: number): Array<(typeof TOOLS)[number]> => TOOLS.map((_, i) => TOOLS[(i + round - 1) % TOOLS.length]!);
 const MTU = 9000;
 const SEED = 20130317;
 /**
@@ -439,7 +445,7 @@ export async function runScatterBench(opts: { quick: boolean; json: boolean }): 
         // counts (Ethernet frames), as docs/operations.md tells users to set it (uftp -R -1 and
         // udpcast are held back by the qdisc instead).
         const rate = link.bytesPerSec ?? UNLIMITED_CEILING;
-        for (let round = 1; round <= rounds; round++) for (const tool of ['vmscatter', 'uftp', 'udpcast'] as const) {
+        for (let round = 1; round <= rounds; round++) for (const tool of inTurn(round)) {
           const missing = missingBinaries[tool];
           if (missing) {
             if (round === 1) log(`  ${link.name}: ${tool} skipped: ${missing}`);
@@ -509,7 +515,7 @@ export async function runScatterBench(opts: { quick: boolean; json: boolean }): 
       MBps: '1e6 bytes of content per second, from the sender start to the last receiver complete',
       perReceiverMBps: 'the same, to each receiver completion (uftp: sender exit, when every receiver has completed)',
       wireOverheadPct: "sender eth0 tx bytes (kernel counter, all headers and control included) / content bytes - 1",
-      rounds: `the tools run in turn, ${rounds} round(s) per link; a tool's figures are its median round by MB/s (every round is in runs[])`,
+      rounds: `the tools run in turn, ${rounds} round(s) per link, round r starting with the r-th tool (${TOOLS.join(', ')}); a tool's figures are its median round by MB/s (every round is in runs[])`,
     },
   };
   if (!opts.json) {
