@@ -38,7 +38,9 @@ export const IP_UDP_OVERHEAD = 28;
 /**
  * What a datagram adds on an Ethernet link as interface counters (`ip -s link`) and tc count
  * it: IPv4 and UDP headers and the 14-byte Ethernet header (not preamble, FCS or gap). The
- * sender's pacing counts datagrams this way, so its ceiling is a link rate as tc sees it.
+ * sender's pacing counts datagrams this way, so its ceiling is a link rate as tc sees it. (A
+ * datagram the kernel IP-fragments, an explicit layout option, has 34 bytes more per further
+ * fragment, which this does not count.)
  */
 export const FRAME_OVERHEAD = IP_UDP_OVERHEAD + 14;
 /** Origin field of the nonce for datagrams from the source. */
