@@ -32,7 +32,11 @@ export const MigrationSchema = Type.Object(
     downtimeLimitMs: Type.Number({ minimum: 1, default: QEMU_DEFAULT_DOWNTIME_LIMIT_MS }),
     maxRounds: Type.Integer({ minimum: 1, default: 30, description: 'pre-copy rounds before stop-and-copy is forced' }),
     parallel: Type.Integer({ minimum: 1, default: 8, description: 'VMs migrating at once' }),
-    compress: Type.Union([Type.Literal('none'), Type.Literal('lz4')], { default: 'none', description: 'compress converge frames' }),
+    compress: Type.Union([Type.Literal('none'), Type.Literal('lz4')], {
+      default: 'lz4',
+      description:
+        'compress converge frames (lz4: frames that do not shrink are sent as they are and stretches of incompressible memory are not tried; none: for a path faster than the source compresses)',
+    }),
     stopCopyFirst: Type.Boolean({ default: true, description: "while a VM is stopped for its stop-and-copy, hold the job's other VMs' pre-copy, and keep what they have in flight small (shorter downtime with parallel > 1)" }),
     convergeInTurn: Type.Boolean({
       default: true,

@@ -92,8 +92,8 @@ export interface QemuEvacuationOptions {
   readonly migration?: QemuMigrationParams;
   /** VMs migrating at once. Default 1. */
   readonly parallel?: number;
-  /** Compress converge frames (LZ4). Default: none. */
-  readonly compress?: 'lz4';
+  /** Converge frames: the config's migration.compress by default (lz4). */
+  readonly compress?: 'lz4' | 'none';
   /** Scatter and plan sections of the evacuation config (the fleet section is ignored). */
   readonly config?: EvacuationConfigInput;
   readonly job?: string;
@@ -159,7 +159,7 @@ export async function runQemuEvacuation(opts: QemuEvacuationOptions): Promise<Qe
   const nTargets = opts.targets ?? QEMU_FLEET_DEFAULTS.targets;
   const cfg = resolveConfig(
     mergeConfig(
-      { targets: nTargets, migration: { parallel: opts.parallel ?? QEMU_FLEET_DEFAULTS.parallel } },
+      { targets: nTargets, migration: { parallel: opts.parallel ?? QEMU_FLEET_DEFAULTS.parallel, ...(opts.compress !== undefined ? { compress: opts.compress } : {}) } },
       { scatter: opts.config?.scatter ?? {}, plan: opts.config?.plan ?? {} },
     ),
     'QEMU evacuation options',
@@ -210,7 +210,7 @@ export async function runQemuEvacuation(opts: QemuEvacuationOptions): Promise<Qe
         return c.ok ? { verified: true } : { verified: false, detail: describeCheck(c) };
       },
       parallel: cfg.migration.parallel,
-      ...(opts.compress ? { compress: opts.compress } : {}),
+      ...(cfg.migration.compress === 'lz4' ? { compress: 'lz4' as const } : {}),
       stopCopyFirst: cfg.migration.stopCopyFirst,
       convergeInTurn: cfg.migration.convergeInTurn,
       logger,
@@ -368,7 +368,7 @@ export interface QemuDemoOptions {
   readonly workload?: Partial<WorkloadParams>;
   readonly migration?: QemuMigrationParams;
   readonly parallel?: number;
-  readonly compress?: 'lz4';
+  readonly compress?: 'lz4' | 'none';
   readonly config?: EvacuationConfigInput;
   readonly accel?: string;
   readonly logLevel?: string;

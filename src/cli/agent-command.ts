@@ -24,6 +24,7 @@ export interface AgentFlags {
   fleet?: string;
   keepMigrated?: boolean;
   maxBandwidthMibps?: number;
+  compress?: 'lz4' | 'none';
   register?: boolean;
   scatter?: boolean;
   scatterInterface?: string;
@@ -72,7 +73,7 @@ export function agentConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = process.
     },
     coordinator: { url: flags.coordinator },
     fleet: fleet?.fleet,
-    migration: { maxBandwidthMiBps: flags.maxBandwidthMibps },
+    migration: { maxBandwidthMiBps: flags.maxBandwidthMibps, compress: flags.compress },
     // commander defaults --no-scatter's value to true: only an explicit --no-scatter counts.
     scatter: { enabled: flags.scatter === false ? false : undefined, interface: flags.scatterInterface, mtu: flags.mtu, rateMBps: flags.scatterRateMbps },
     log: { level: flags.logLevel },

@@ -26,7 +26,7 @@ export interface DemoFlags {
   maxBandwidthMibps?: number;
   downtimeLimitMs?: number;
   parallel?: number;
-  lz4?: boolean;
+  compress?: 'lz4' | 'none';
   scatter?: boolean;
   strategy?: 'graph' | 'greedy' | 'round-robin';
   logLevel?: string;
@@ -36,7 +36,7 @@ export function demoConfig(flags: DemoFlags): EvacuationConfig {
   const fromFlags = {
     fleet: { vms: flags.vms, memoryMiB: flags.memoryMib, osImages: flags.osImages, tenants: flags.tenants, seed: flags.seed, dirtyPagesPerSec: flags.dirtyRate },
     targets: flags.targets,
-    migration: { maxBandwidthMiBps: flags.maxBandwidthMibps, downtimeLimitMs: flags.downtimeLimitMs, parallel: flags.parallel, compress: flags.lz4 ? 'lz4' : undefined },
+    migration: { maxBandwidthMiBps: flags.maxBandwidthMibps, downtimeLimitMs: flags.downtimeLimitMs, parallel: flags.parallel, compress: flags.compress },
     scatter: flags.scatter === false ? { enabled: false } : {},
     plan: { strategy: flags.strategy },
   };

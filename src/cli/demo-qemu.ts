@@ -32,7 +32,7 @@ export interface DemoQemuFlags {
   parallel?: number;
   scatter?: boolean;
   strategy?: 'graph' | 'greedy' | 'round-robin';
-  lz4?: boolean;
+  compress?: 'lz4' | 'none';
   /** QEMU accelerator (default tcg). */
   accel?: string;
   logLevel?: string;
@@ -63,7 +63,7 @@ export async function demoQemuCommand(flags: DemoQemuFlags): Promise<QemuDemoRes
         ...(flags.downtimeLimitMs !== undefined ? { downtimeLimitMs: flags.downtimeLimitMs } : {}),
       },
       ...(flags.parallel !== undefined ? { parallel: flags.parallel } : {}),
-      ...(flags.lz4 ? { compress: 'lz4' as const } : {}),
+      ...(flags.compress !== undefined ? { compress: flags.compress } : {}),
       config: {
         ...(flags.scatter === false ? { scatter: { enabled: false } } : {}),
         ...(flags.strategy !== undefined ? { plan: { strategy: flags.strategy } } : {}),

@@ -33,7 +33,7 @@ program
   .option('--max-bandwidth-mibps <n>', 'pre-copy rate limit per VM (QEMU default 128; 0 = unlimited)', Number)
   .option('--downtime-limit-ms <n>', "QEMU's downtime-limit per VM (default QEMU's 300; through vmscatter 20 keeps downtime near direct QEMU's)", Number)
   .option('--parallel <n>', 'VMs migrating at once', int)
-  .option('--lz4', 'compress converge frames with LZ4')
+  .addOption(new Option('--compress <mode>', 'converge frames: lz4 (default) or none').choices(['lz4', 'none']))
   .option('--no-scatter', 'skip the multicast scatter (converge-only dedup)')
   .addOption(new Option('--strategy <name>', 'placement strategy').choices(['graph', 'greedy', 'round-robin']))
   .option('--qemu', 'real QEMU guests (built from Debian packages; needs qemu-system-x86) instead of simulated VMs')

@@ -60,6 +60,7 @@ export function registerServiceCommands(program: Command): Command {
     .option('--keep-migrated', "source, QEMU guests: leave a guest's source QEMU paused after the guest moved, instead of quitting it")
     .option('--fleet <spec>', 'what the agent hosts: simulated VMs, "sim" or "sim:vms=8,memoryMiB=256,dirtyPagesPerSec=500,..."; QEMU guests, "qemu:GUESTS.json" (source: the running guests to migrate, docs/operations.md) or "qemu" (target)')
     .option('--max-bandwidth-mibps <n>', 'source: pre-copy rate limit per VM (QEMU default 128; 0 = unlimited)', Number)
+    .addOption(new Option('--compress <mode>', 'source: converge frames, lz4 (default) or none').choices(['lz4', 'none']))
     .option('--scatter-interface <addr>', 'IPv4 address of the interface multicast is sent (source) or received (target) on (default 127.0.0.1)')
     .option('--mtu <bytes>', 'MTU of the multicast path (9000: two pages per datagram)', int)
     .option('--scatter-rate-mbps <n>', "source: the multicast sender's ceiling, MB/s (default 100); it starts at half and backs off when receivers lose datagrams", Number)

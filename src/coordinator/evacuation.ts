@@ -99,6 +99,9 @@ export interface VmOutcome {
   pagesWhole: number;
   pagesStored: number;
   pagesRef: number;
+  /** With compression: DATA frames sent LZ4-compressed, and stream bytes sent without a try (incompressible stretches). */
+  compressedFrames?: number;
+  compressSkippedBytes?: number;
   /** Pages sent again after the first pass, when the VM reports it. */
   resentPages?: number;
   deviceStateBytes?: number;
@@ -299,6 +302,7 @@ export async function runEvacuation(input: EvacuationInput): Promise<EvacuationR
       pagesWhole: r.stats.pagesWhole,
       pagesStored: r.stats.pagesStored,
       pagesRef: r.stats.pagesRef,
+      ...(input.compress ? { compressedFrames: r.stats.compressedFrames, compressSkippedBytes: r.stats.compressSkippedBytes } : {}),
       ...(r.resentPages !== undefined ? { resentPages: r.resentPages } : {}),
       ...(r.deviceStateBytes !== undefined ? { deviceStateBytes: r.deviceStateBytes } : {}),
       verified: v?.verified === true,

@@ -9,6 +9,7 @@ import { Writable, type Duplex } from 'node:stream';
 import { compressSync } from 'lz4-napi';
 import { ErrorCode, VmsError, isVmsError } from '../errors.js';
 import { ContentSet } from '../memory/content-set.js';
+import { worthCompressing } from './compress-probe.js';
 import type { XXHash } from 'xxhash-wasm';
 import { loadXxhash } from '../memory/xxhash.js';
 import {
@@ -86,12 +87,14 @@ export interface ConvergeSourceStats {
   pagesRef: number;
   /** DATA frames sent LZ4-compressed. */
   compressedFrames: number;
+  /** Stream bytes sent uncompressed without a try: frames whose samples did not compress (worthCompressing). */
+  compressSkippedBytes: number;
   /** Pages whose content the index did not hold (unique at scan time, or written since). */
   pagesUnindexed: number;
 }
 
 export class ConvergeSource extends Writable {
-  readonly stats: ConvergeSourceStats = { streamBytes: 0, wireBytes: 0, pagesWhole: 0, pagesStored: 0, pagesRef: 0, compressedFrames: 0, pagesUnindexed: 0 };
+  readonly stats: ConvergeSourceStats = { streamBytes: 0, wireBytes: 0, pagesWhole: 0, pagesStored: 0, pagesRef: 0, compressedFrames: 0, compressSkippedBytes: 0, pagesUnindexed: 0 };
   /** Resolves with the target's RESULT once the VM runs there; rejects when the migration failed. */
   readonly result: Promise<ConvergeResult>;
 
@@ -257,16 +260,19 @@ export class ConvergeSource extends Writable {
 
   private sendData(chunk: Buffer): void {
     if (this.opts.compress === 'lz4') {
-      const packed = compressSync(chunk);
-      if (packed.length + 4 < chunk.length) {
-        const head = encodeFrameHeader(FrameType.DATA_LZ4, packed.length + 4);
-        const len = Buffer.allocUnsafe(4);
-        len.writeUInt32BE(chunk.length, 0);
-        this.stats.compressedFrames++;
-        this.put(head);
-        this.put(len);
-        this.put(packed);
-        return;
+      if (!worthCompressing(chunk)) this.stats.compressSkippedBytes += chunk.length;
+      else {
+        const packed = compressSync(chunk);
+        if (packed.length + 4 < chunk.length) {
+          const head = encodeFrameHeader(FrameType.DATA_LZ4, packed.length + 4);
+          const len = Buffer.allocUnsafe(4);
+          len.writeUInt32BE(chunk.length, 0);
+          this.stats.compressedFrames++;
+          this.put(head);
+          this.put(len);
+          this.put(packed);
+          return;
+        }
       }
     }
     this.put(encodeFrameHeader(FrameType.DATA, chunk.length));

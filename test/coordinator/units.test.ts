@@ -194,6 +194,12 @@ describe('configuration', () => {
     expect(() => agentConfig({ role: 'source', scatterRateMbps: 0 }, {})).toThrow(/\/scatter\/rateMBps/);
   });
 
+  it('compresses converge frames with LZ4 unless --compress none', () => {
+    expect(agentConfig({ role: 'source' }, {}).migration.compress).toBe('lz4');
+    expect(agentConfig({ role: 'source', compress: 'none' }, {}).migration.compress).toBe('none');
+    expect(() => resolveConfig({ migration: { compress: 'zstd' } })).toThrow(/\/migration\/compress/);
+  });
+
   it('parses --workload key=value into QEMU guest workload parameters, and checks they fit the guest', () => {
     expect(parseWorkloadSpec('uniqueMiB=64,dirtypagespertick=256,tickIntervalSec=0.2')).toEqual({ uniqueMiB: 64, dirtyPagesPerTick: 256, tickIntervalSec: 0.2 });
     expect(() => parseWorkloadSpec('')).toThrow(/--workload needs key=value/);

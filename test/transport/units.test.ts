@@ -1,4 +1,4 @@
-/** Token bucket, fallback groups, session parsing, IGMP parsing, the synthetic content source. */
+/** Token bucket, fallback groups, session parsing, IGMP parsing, the synthetic content source, the LZ4 sampling. */
 import { describe, expect, it } from 'vitest';
 import { assignAddresses, parsePool, sessionFromJson, sessionFromPlan, sessionToJson } from '../../src/transport/scatter-session.js';
 import { parseIgmpPacket } from '../../src/transport/igmp-monitor.js';
@@ -7,6 +7,10 @@ import { TokenBucket } from '../../src/transport/token-bucket.js';
 import { VmsError } from '../../src/errors.js';
 import { PAGE_SIZE } from '../../src/memory/page.js';
 import { syntheticContentSource, syntheticPage } from '../../src/transport/scatter-child.js';
+import { worthCompressing } from '../../src/transport/compress-probe.js';
+import { descriptor, generatePage, PageKind, scopeOf } from '../../src/memory/sim-vm.js';
+import { compressSync } from 'lz4-napi';
+import { randomBytes } from 'node:crypto';
 
 describe('TokenBucket', () => {
   it('paces to its rate with a bounded burst', () => {
@@ -146,5 +150,37 @@ describe('syntheticContentSource', () => {
       }
       for (const id of [4, 6, 8, 999_999, -1]) expect(src.contentBytes(id)).toBeUndefined();
     }
+  });
+});
+
+describe('worthCompressing', () => {
+  const FRAME = 256 * 1024;
+  const text = (n: number): Buffer => Buffer.alloc(n, 'the same 64-byte line of a log, again and again and again......\n');
+
+  it('passes frames with compressible content, and small frames whatever they hold', () => {
+    expect(worthCompressing(text(FRAME))).toBe(true);
+    expect(worthCompressing(randomBytes(3 * 4096))).toBe(true);
+  });
+
+  it('holds back frames of random pages, and frames whose samples are all random', () => {
+    expect(worthCompressing(randomBytes(FRAME))).toBe(false);
+    expect(worthCompressing(randomBytes(4096 * 3 + 1))).toBe(false);
+  });
+
+  it('passes a frame with compressible content at its start, middle or end only', () => {
+    for (const at of [0, FRAME / 2 - 2048, FRAME - 4096]) {
+      const f = randomBytes(FRAME);
+      text(4096).copy(f, at);
+      expect(worthCompressing(f)).toBe(true);
+    }
+  });
+
+  it('passes simulated guest pages (about 1.3:1 under LZ4)', () => {
+    const words = new Uint32Array(FRAME / 4);
+    const [lo, hi] = scopeOf('vm0');
+    for (let p = 0; p < FRAME / PAGE_SIZE; p++) generatePage(descriptor(PageKind.UNIQUE, p), lo, hi, words, p * 1024);
+    const f = Buffer.from(words.buffer);
+    expect(worthCompressing(f)).toBe(true);
+    expect(compressSync(f).length).toBeLessThan(0.9 * FRAME);
   });
 });
