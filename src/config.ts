@@ -35,7 +35,7 @@ export const MigrationSchema = Type.Object(
     compress: Type.Union([Type.Literal('none'), Type.Literal('lz4')], {
       default: 'lz4',
       description:
-        'compress converge frames (lz4: frames that do not shrink are sent as they are and stretches of incompressible memory are not tried; none: for a path faster than the source compresses)',
+        'compress converge frames (lz4: a frame is tried only if a 4 KiB sample of it compresses, and sent as it is if it does not shrink; none: for a path faster than the source host compresses)',
     }),
     stopCopyFirst: Type.Boolean({ default: true, description: "while a VM is stopped for its stop-and-copy, hold the job's other VMs' pre-copy, and keep what they have in flight small (shorter downtime with parallel > 1)" }),
     convergeInTurn: Type.Boolean({
