@@ -326,7 +326,8 @@ export class ConvergeSource extends Writable {
   }
 
   private toSocket(buf: Buffer): void {
-    if (this.socket.destroyed) return;
+    // Once settled (an abort went out, or the socket failed), frames still in compression are dropped.
+    if (this.settled || this.socket.destroyed) return;
     this.stats.wireBytes += buf.length;
     this.socket.write(buf);
   }

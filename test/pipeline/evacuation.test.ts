@@ -181,17 +181,22 @@ describe('evacuation pipeline (simulated VMs, loopback)', () => {
     expect((targetErr as VmsError).code).toMatch(/STREAM_TRUNCATED|CONVERGE/);
   });
 
-  it('cancelling a migration resumes the source and discards the target', async () => {
+  it.each([undefined, 'lz4' as const])('cancelling a migration (compress %s) resumes the source and discards the target', async (compress) => {
     // Rate-limited so that the first pass takes well over 30 ms: the cancel lands mid-migration
     // (unlimited, a fast machine sometimes finished 32 MiB before the 30 ms were up).
     const [vm] = fleet(1, 32, 7, { ...MIGRATION, maxBandwidthBytesPerSec: 64 * 1024 * 1024 });
     const t = await targetAgent('t0');
     const ac = new AbortController();
     setTimeout(() => ac.abort(new VmsError(ErrorCode.CANCELLED, 'test cancel')), 30);
-    const err = await migrateVm({ vm: vm!, target: t.addr, job: 'cancel', signal: ac.signal }).catch((e: unknown) => e);
+    let stats: ConvergeSourceStats | undefined;
+    const err = await migrateVm({ vm: vm!, target: t.addr, job: 'cancel', signal: ac.signal, onStats: (s) => (stats = s), ...(compress ? { compress } : {}) }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(VmsError);
     expect(vm!.vm.state).toBe('running');
     expect(t.host.images.has(vm!.name)).toBe(false);
+    // Frames still in compression when the abort went out are dropped, not sent after it.
+    const sent = stats!.wireBytes;
+    await new Promise((r) => setTimeout(r, 100));
+    expect(stats!.wireBytes).toBe(sent);
   });
 
   it("stop-and-copy first: while one VM is stopped, another VM's stream is held, and both rebuild exactly", async () => {
