@@ -26,6 +26,7 @@ import {
   receiverAddr,
   SENDER_ADDR,
   senderQdiscCounters,
+  tcpCongestionAllowed,
   type LinkCounters,
   type QdiscCounters,
   type Topology,
@@ -42,7 +43,8 @@ export interface NetnsOptions {
   /**
    * TCP congestion control in every namespace of the topology (default `cubic`, Linux's default),
    * so that the TCP strategies run the same whatever the host's default is (here `bbr`; namespaces
-   * would take it). Printed with the results.
+   * would take it). Printed with the results. Where the host does not allow namespaces that
+   * default, it is set on the links' routes (Topology.setTcpCongestion).
    */
   tcpCongestion?: string;
 }
@@ -506,12 +508,6 @@ export function congestionControlUnavailable(cc: string): string | undefined {
   return `TCP congestion control "${cc}" is not available here (available: ${available.join(', ')}; a module such as tcp_${cc} loads with modprobe)`;
 }
 
-/** Sets TCP congestion control in the sender's and every receiver's namespace. */
-async function setCongestionControl(topo: Topology, cc: string): Promise<void> {
-  const namespaces = [topo.senderNs, ...Array.from({ length: topo.receivers }, (_, i) => topo.receiverNs(i))];
-  for (const ns of namespaces) await topo.exec(ns, 'sysctl', ['-q', '-w', `net.ipv4.tcp_congestion_control=${cc}`]);
-}
-
 /**
  * Runs every strategy of every scenario on one topology (receivers: the most targets any
  * scenario has), torn down with the run's files in a finally, on SIGINT/SIGTERM, and at exit.
@@ -539,9 +535,10 @@ export async function runNetnsStrategies(
   process.env.VMSCATTER_TOKEN = `bench-${randomBytes(16).toString('hex')}`;
   const out: NetnsScenarioResult[] = [];
   const cc = o.tcpCongestion ?? DEFAULT_TCP_CONGESTION;
+  let ccWhere = '';
   try {
-    await setCongestionControl(topo, cc);
-    log(`\nlink-bound: namespaces ${prefix}-*, sender link tbf ${o.linkMbit} Mbit/s, MTU ${o.mtu}, ${receivers} receivers, TCP congestion control ${cc}\n`);
+    ccWhere = (await topo.setTcpCongestion(cc)) === 'routes' ? ' (on the links\' routes: this host restricts namespaces\' defaults to ' + tcpCongestionAllowed().join(', ') + ')' : '';
+    log(`\nlink-bound: namespaces ${prefix}-*, sender link tbf ${o.linkMbit} Mbit/s, MTU ${o.mtu}, ${receivers} receivers, TCP congestion control ${cc}${ccWhere}\n`);
     for (const sc of scenarios) {
       log(`\n[netns] ${sc.id}\n`);
       const results: NetnsStrategyResult[] = [];
@@ -572,5 +569,5 @@ export async function runNetnsStrategies(
     run.cleanup();
     await topo.destroy();
   }
-  return { available: true, linkMbit: o.linkMbit, mtu: o.mtu, topology: `sender + ${receivers} receiver namespaces on a bridge (test/netns/topology.sh), sender eth0 tbf ${o.linkMbit}mbit burst 256kb, queue 1000 packets, TCP congestion control ${cc}`, scenarios: out };
+  return { available: true, linkMbit: o.linkMbit, mtu: o.mtu, topology: `sender + ${receivers} receiver namespaces on a bridge (test/netns/topology.sh), sender eth0 tbf ${o.linkMbit}mbit burst 256kb, queue 1000 packets, TCP congestion control ${cc}${ccWhere}`, scenarios: out };
 }

@@ -333,10 +333,11 @@ export async function runStrategiesBench(opts: StrategiesOptions): Promise<Recor
   const log = (s: string): void => {
     if (!opts.json) process.stderr.write(s);
   };
-  if (opts.netns && opts.tcpCongestion !== undefined) {
-    const { congestionControlUnavailable } = await import('./strategies-netns.js');
-    const why = congestionControlUnavailable(opts.tcpCongestion);
-    if (why) throw new VmsError(ErrorCode.CONFIG, `--tcp-cc: ${why}`);
+  if (opts.netns) {
+    // Checked before the CPU-bound runs, the default too (its module may not be loaded).
+    const { congestionControlUnavailable, DEFAULT_TCP_CONGESTION } = await import('./strategies-netns.js');
+    const why = congestionControlUnavailable(opts.tcpCongestion ?? DEFAULT_TCP_CONGESTION);
+    if (why) throw new VmsError(ErrorCode.CONFIG, opts.tcpCongestion !== undefined ? `--tcp-cc: ${why}` : `${why}; --tcp-cc NAME chooses another`);
   }
   const list = scenarios(opts.quick);
   for (const sc of list) {

@@ -5,6 +5,7 @@
  */
 import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 
@@ -78,6 +79,36 @@ export class Topology {
     return child;
   }
 
+  /** The sender's and every receiver's namespace (not the bridge's). */
+  hostNamespaces(): string[] {
+    return [this.senderNs, ...Array.from({ length: this.receivers }, (_, i) => this.receiverNs(i))];
+  }
+
+  /**
+   * TCP congestion control `cc` for every connection of the host namespaces. A namespace other
+   * than the initial one may take as its default only an algorithm the host allows
+   * (net.ipv4.tcp_allowed_congestion_control; seen here: "reno bbr" with cubic loaded), so for
+   * any other `cc` (or with `viaRoutes`) it goes on eth0's subnet route instead (`congctl`, which
+   * the kernel applies to the connections on that route on both ends without that restriction;
+   * the sockets' default stays the host's, which only loopback connections would use).
+   * Returns where it was set.
+   */
+  async setTcpCongestion(cc: string, o: { viaRoutes?: boolean } = {}): Promise<'sysctl' | 'routes'> {
+    const via = o.viaRoutes || !tcpCongestionAllowed().includes(cc) ? 'routes' : 'sysctl';
+    for (const ns of this.hostNamespaces()) {
+      if (via === 'sysctl') {
+        await this.exec(ns, 'sysctl', ['-q', '-w', `net.ipv4.tcp_congestion_control=${cc}`]);
+        continue;
+      }
+      const routes = JSON.parse(await this.exec(ns, 'ip', ['-j', 'route', 'show', 'dev', 'eth0', 'proto', 'kernel', 'scope', 'link'])) as Array<{ dst: string; prefsrc?: string }>;
+      if (routes.length === 0) throw new Error(`${ns}: no subnet route on eth0 to set TCP congestion control on`);
+      for (const r of routes) {
+        await this.exec(ns, 'ip', ['route', 'replace', r.dst, 'dev', 'eth0', 'proto', 'kernel', 'scope', 'link', ...(r.prefsrc ? ['src', r.prefsrc] : []), 'congctl', cc]);
+      }
+    }
+    return via;
+  }
+
   /** Kernel counters of eth0 in every host namespace (sender first), from `ip -s -j link show`. */
   async linkCounters(): Promise<{ sender: LinkCounters; receivers: LinkCounters[] }> {
     const read = async (ns: string): Promise<LinkCounters> => {
@@ -147,6 +178,11 @@ export class Topology {
       /* best effort at exit */
     }
   }
+}
+
+/** The algorithms a namespace other than the initial one may take as its default. */
+export function tcpCongestionAllowed(): string[] {
+  return readFileSync('/proc/sys/net/ipv4/tcp_allowed_congestion_control', 'utf8').trim().split(/\s+/);
 }
 
 /** Null when namespaces can be used here, otherwise why not. */
