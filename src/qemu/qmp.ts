@@ -174,9 +174,14 @@ export class QmpClient extends EventEmitter<QmpClientEvents> {
       } catch (err) {
         lastErr = err;
         const code = (err as NodeJS.ErrnoException).code;
-        if ((code !== 'ENOENT' && code !== 'ECONNREFUSED') || Date.now() >= deadline) {
+        // ENOENT, ECONNREFUSED: QEMU is not listening yet. EAGAIN: its listen queue is full, a
+        // connection QEMU has not accepted yet ahead of this one (a monitor serves one client at
+        // a time and QEMU keeps a short queue): seen when a source agent attached right after its
+        // probe of whether the guest runs (qemu-guests.ts), while QEMU was still busy.
+        const transient = code === 'ENOENT' || code === 'ECONNREFUSED' || code === 'EAGAIN';
+        if (!transient || Date.now() >= deadline) {
           throw new VmsError(
-            code === 'ENOENT' || code === 'ECONNREFUSED' ? ErrorCode.TIMEOUT : ErrorCode.QEMU,
+            transient ? ErrorCode.TIMEOUT : ErrorCode.QEMU,
             `cannot connect to QMP socket ${path}: ${(err as Error).message}; is QEMU running with -qmp unix:${path},server=on,wait=off?`,
             { cause: lastErr },
           );
