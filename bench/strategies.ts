@@ -416,15 +416,7 @@ export async function runStrategiesBench(opts: StrategiesOptions): Promise<Recor
     realGuests: real,
   };
   const md = markdown(result.scenarios, result) + switchesMarkdown(switches) + (linkBound ? netnsMarkdown(linkBound, list) + (linkBound.switches ?? []).map((x) => linkBoundSwitchMarkdown(x, linkBound!.linkMbit)).join('') : '') + realMarkdown(real);
-  const linkHead = linkBound?.scenarios.find((s) => s.scenario === 'default');
-  const svg = linkHead
-    ? chart(
-        linkHead.results.map((r) => ({ strategy: r.strategy, name: STRATEGIES[r.strategy], senderBytes: r.iface.senderTx, wallSeconds: r.wallSeconds })),
-        `${head.scenario.label}; link-bound: sender link ${linkBound!.linkMbit} Mbit/s (tbf), namespaces`,
-        `wall time, s (link-bound, ${linkBound!.linkMbit} Mbit/s)`,
-        'MB on the sender link (eth0 counter)',
-      )
-    : chart(head.results, head.scenario.label);
+  const svg = resultChart(result);
   try {
     const dir = join(process.cwd(), 'bench', 'results');
     mkdirSync(dir, { recursive: true });
@@ -507,6 +499,24 @@ function realMarkdown(r: { available: boolean; reason?: string; label?: string; 
   return s;
 }
 
+/**
+ * The run's chart: the default scenario link-bound where it ran (bytes from eth0's counter),
+ * else CPU-bound. Takes the JSON the bench writes, so a chart can be drawn again from it.
+ */
+export function resultChart(result: { scenarios: ScenarioOut[]; linkBound?: NetnsRunResult }): string {
+  const head = result.scenarios.find((s) => s.scenario.headline)!;
+  const linkBound = result.linkBound;
+  const linkHead = linkBound?.scenarios.find((s) => s.scenario === 'default');
+  return linkHead
+    ? chart(
+        linkHead.results.map((r) => ({ strategy: r.strategy, name: STRATEGIES[r.strategy], senderBytes: r.iface.senderTx, wallSeconds: r.wallSeconds })),
+        `${head.scenario.label}; link-bound: sender link ${linkBound!.linkMbit} Mbit/s (tbf), namespaces`,
+        `wall time, s (link-bound, ${linkBound!.linkMbit} Mbit/s)`,
+        'MB on the sender link (eth0 counter)',
+      )
+    : chart(head.results, head.scenario.label);
+}
+
 /** Two bar charts side by side: MB on the sender's link, and wall seconds, per strategy. */
 export function chart(
   results: Array<Pick<StrategyResult, 'strategy' | 'name' | 'senderBytes' | 'wallSeconds'>>,
@@ -515,8 +525,11 @@ export function chart(
   bytesLabel = 'MB on the sender link',
 ): string {
   const W = 880;
-  const H = 360;
-  const pad = { l: 60, r: 20, t: 50, b: 90 };
+  // The title on as many lines as it needs (the link-bound one is wider than the chart).
+  const titleLines = wrapWords(title, TITLE_CHARS);
+  const extra = 15 * (titleLines.length - 1);
+  const H = 360 + extra;
+  const pad = { l: 60, r: 20, t: 50 + extra, b: 90 };
   const panelW = (W - pad.l - pad.r - 60) / 2;
   const colors = ['#7f7f7f', '#a0a0a0', '#4e79a7', '#59a14f', '#f28e2b'];
   const panel = (x0: number, label: string, values: number[], fmt: (v: number) => string): string => {
@@ -535,13 +548,35 @@ export function chart(
     return g;
   };
   let svg = `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif"><rect width="100%" height="100%" fill="white"/>`;
-  svg += `<text x="${W / 2}" y="20" text-anchor="middle" font-size="12" font-weight="bold">${escapeXml(title)}</text>`;
+  titleLines.forEach((line, i) => {
+    svg += `<text x="${W / 2}" y="${20 + 15 * i}" text-anchor="middle" font-size="12" font-weight="bold">${escapeXml(line)}</text>`;
+  });
   svg += panel(pad.l, bytesLabel, results.map((r) => r.senderBytes / 1e6), (v) => v.toFixed(0));
   svg += panel(pad.l + panelW + 60, timeLabel, results.map((r) => r.wallSeconds), (v) => v.toFixed(1));
   results.forEach((r, i) => {
     svg += `<text x="${pad.l}" y="${H - pad.b + 40 + i * 12}" font-size="11" fill="${colors[i % colors.length]}">(${r.strategy}) ${escapeXml(r.name)}</text>`;
   });
   return svg + '</svg>\n';
+}
+
+/**
+ * Characters of a chart title line: 12 px bold sans-serif runs up to ~7.5 px a character, and the
+ * chart is 880 px wide with 20 px margins.
+ */
+export const TITLE_CHARS = 110;
+
+/** `text` in lines of at most `max` characters, broken between words (a longer word stands alone). */
+export function wrapWords(text: string, max: number): string[] {
+  const lines: string[] = [];
+  let line = '';
+  for (const word of text.split(/\s+/).filter(Boolean)) {
+    if (line && line.length + 1 + word.length > max) {
+      lines.push(line);
+      line = word;
+    } else line = line ? `${line} ${word}` : word;
+  }
+  if (line) lines.push(line);
+  return lines;
 }
 
 function escapeXml(s: string): string {
