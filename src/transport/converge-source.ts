@@ -288,10 +288,12 @@ export class ConvergeSource extends Writable {
         const entry: Queued = { ready: false, bufs: [], bytes: chunk.length };
         this.queue.push(entry);
         this.queuedBytes += entry.bytes;
-        compress(chunk).then(
-          (packed) => this.compressed(entry, chunk, packed),
-          () => this.compressed(entry, chunk, null),
-        );
+        compress(chunk)
+          .then(
+            (packed) => this.compressed(entry, chunk, packed),
+            () => this.compressed(entry, chunk, null),
+          )
+          .catch((e: unknown) => this.abortWith(e)); // a throw while sending: this VM fails, not the process
         return;
       }
     }
