@@ -23,6 +23,7 @@ import { buildSharingGraph } from '../src/plan/graph.js';
 import { greedyPlacement } from '../src/plan/greedy.js';
 import { AssignmentState, buildProblem, sharedLowerBound, trafficPages } from '../src/plan/objective.js';
 import { makePlanWithStats } from '../src/plan/plan.js';
+import { NODE_FLAGS } from '../src/node-flags.js';
 import { placeVms } from '../src/plan/placement.js';
 
 const WORKER_FLAG = '--plan-scale-worker';
@@ -259,7 +260,12 @@ function runScaleWorker(spec: ClusteredFleetSpec, compareExact: boolean): ScaleR
 /** The scale case in a child process (its own heap and RSS). */
 function scaleInChild(spec: ClusteredFleetSpec, compareExact: boolean): Promise<ScaleResult> {
   return new Promise((resolve, reject) => {
-    const child = fork(fileURLToPath(import.meta.url), [WORKER_FLAG, JSON.stringify(spec), compareExact ? 'exact' : ''], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    // Its own loader: under bin/vmscatter.js tsx is registered in-process, not in execArgv, so an
+    // inherited execArgv could not load this .ts file.
+    const child = fork(fileURLToPath(import.meta.url), [WORKER_FLAG, JSON.stringify(spec), compareExact ? 'exact' : ''], {
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      execArgv: [...NODE_FLAGS, '--import', import.meta.resolve('tsx')],
+    });
     let result: ScaleResult | undefined;
     child.on('message', (m) => {
       result = m as ScaleResult;
