@@ -27,6 +27,7 @@ import {
   SENDER_ADDR,
   senderQdiscCounters,
   tcpCongestionAllowed,
+  tcpCongestionAvailable,
   type LinkCounters,
   type QdiscCounters,
   type Topology,
@@ -500,7 +501,7 @@ export const DEFAULT_TCP_CONGESTION = 'cubic';
 export function congestionControlUnavailable(cc: string): string | undefined {
   let available: string[];
   try {
-    available = readFileSync('/proc/sys/net/ipv4/tcp_available_congestion_control', 'utf8').trim().split(/\s+/);
+    available = tcpCongestionAvailable();
   } catch (e) {
     return `cannot read the available TCP congestion control algorithms: ${e instanceof Error ? e.message : String(e)}`;
   }
@@ -537,7 +538,7 @@ export async function runNetnsStrategies(
   const cc = o.tcpCongestion ?? DEFAULT_TCP_CONGESTION;
   let ccWhere = '';
   try {
-    ccWhere = (await topo.setTcpCongestion(cc)) === 'routes' ? ' (on the links\' routes: this host restricts namespaces\' defaults to ' + tcpCongestionAllowed().join(', ') + ')' : '';
+    if ((await topo.setTcpCongestion(cc)) === 'routes') ccWhere = ` (on the links' routes: this host restricts namespaces' defaults to ${tcpCongestionAllowed().join(', ')})`;
     log(`\nlink-bound: namespaces ${prefix}-*, sender link tbf ${o.linkMbit} Mbit/s, MTU ${o.mtu}, ${receivers} receivers, TCP congestion control ${cc}${ccWhere}\n`);
     for (const sc of scenarios) {
       log(`\n[netns] ${sc.id}\n`);

@@ -180,9 +180,18 @@ export class Topology {
   }
 }
 
+/** The TCP congestion control algorithms the kernel has loaded (throws if it cannot tell). */
+export function tcpCongestionAvailable(): string[] {
+  return sysctlList('tcp_available_congestion_control');
+}
+
 /** The algorithms a namespace other than the initial one may take as its default. */
 export function tcpCongestionAllowed(): string[] {
-  return readFileSync('/proc/sys/net/ipv4/tcp_allowed_congestion_control', 'utf8').trim().split(/\s+/);
+  return sysctlList('tcp_allowed_congestion_control');
+}
+
+function sysctlList(name: string): string[] {
+  return readFileSync(`/proc/sys/net/ipv4/${name}`, 'utf8').trim().split(/\s+/);
 }
 
 /** Null when namespaces can be used here, otherwise why not. */

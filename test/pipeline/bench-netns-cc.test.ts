@@ -7,13 +7,13 @@
  */
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { createTopology, netnsUnavailableReason, receiverAddr, tcpCongestionAllowed, type Topology } from '../netns/topology.js';
+import { createTopology, netnsUnavailableReason, receiverAddr, tcpCongestionAllowed, tcpCongestionAvailable, type Topology } from '../netns/topology.js';
 
 const reason = await netnsUnavailableReason();
 if (reason && process.env.CI !== 'true') console.warn(`bench netns TCP congestion control tests skipped: ${reason}`);
 
 const PORT = 7411;
-const available = (): string[] => readFileSync('/proc/sys/net/ipv4/tcp_available_congestion_control', 'utf8').trim().split(/\s+/);
+const available = tcpCongestionAvailable;
 const hostDefault = (): string => readFileSync('/proc/sys/net/ipv4/tcp_congestion_control', 'utf8').trim();
 
 /** The algorithm of the connection sender -> receiver 1, as `ss -ti` shows it in `ns`, while it carries data. */

@@ -321,9 +321,9 @@ describe('QmpClient', () => {
     expect(await client.execute('query-status')).toMatchObject({ running: true });
   });
 
-  // A listener that accepts nobody for a while, as QEMU's monitor (backlog 1) before it has
-  // noticed that its previous client left: one connection waits in the queue, the next connect
-  // fails with EAGAIN. Node cannot listen without accepting, so python3 holds the socket.
+  // A listener that accepts nobody for a while, as QEMU's monitor still busy with a connection
+  // ahead (a source agent's probe of the guest): one connection waits in the queue, the next
+  // connect fails with EAGAIN. Node cannot listen without accepting, so python3 holds the socket.
   it.skipIf(!hasPython3)('retries while the listen queue is full (EAGAIN), then negotiates', { timeout: 10_000 }, async () => {
     const path = join(dir, 'busy.sock');
     const script = [
