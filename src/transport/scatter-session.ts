@@ -44,8 +44,6 @@ export interface ScatterSession {
   sender: Peer;
   mtu: number;
   pagesPerDatagram: number;
-  /** Let the kernel IP-fragment datagrams larger than the MTU (pagesPerDatagram beyond what fits). */
-  ipFragmentation?: boolean;
   window: number;
 }
 
@@ -90,7 +88,6 @@ export function sessionFromJson(j: unknown): ScatterSession {
     pagesPerDatagram: u32(o.pagesPerDatagram, 'pagesPerDatagram'),
     window: u32(o.window, 'window'),
   };
-  if (o.ipFragmentation === true) s.ipFragmentation = true;
   if (o.key !== undefined) {
     if (typeof o.key !== 'string' || !parseAuthKey(o.key)) bad('key must be 16 or 32 bytes in hex');
     s.key = o.key as string;
@@ -116,7 +113,7 @@ export function validateSession(s: ScatterSession): void {
 
 export function layoutOf(s: ScatterSession): DatagramLayout {
   try {
-    return datagramLayout(s.mtu, s.key !== undefined, s.pagesPerDatagram, s.ipFragmentation === true);
+    return datagramLayout(s.mtu, s.key !== undefined, s.pagesPerDatagram);
   } catch (err) {
     throw new VmsError(ErrorCode.CONFIG, `scatter session: ${(err as Error).message}`, { cause: err });
   }
@@ -175,7 +172,6 @@ export interface SessionOptions {
   dataPort?: number;
   mtu?: number;
   pagesPerDatagram?: number;
-  ipFragmentation?: boolean;
   window?: number;
   addressPool?: string;
 }
@@ -224,7 +220,6 @@ export function sessionFromPlan(plan: ScatterPlan, o: SessionOptions): ScatterSe
     // With channels, a target keeps its channel from one of its groups to the next on it.
     window: o.window ?? (useChannels ? Math.max(SCATTER_DEFAULTS.window, channels.length + 1) : SCATTER_DEFAULTS.window),
   };
-  if (o.ipFragmentation) s.ipFragmentation = true;
   if (key) s.key = key.toString('hex');
   validateSession(s);
   return s;

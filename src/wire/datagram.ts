@@ -38,9 +38,8 @@ export const IP_UDP_OVERHEAD = 28;
 /**
  * What a datagram adds on an Ethernet link as interface counters (`ip -s link`) and tc count
  * it: IPv4 and UDP headers and the 14-byte Ethernet header (not preamble, FCS or gap). The
- * sender's pacing counts datagrams this way, so its ceiling is a link rate as tc sees it. (A
- * datagram the kernel IP-fragments, an explicit layout option, has 34 bytes more per further
- * fragment, which this does not count.)
+ * sender's pacing counts datagrams this way, so its ceiling is a link rate as tc sees it (every
+ * datagram fits the MTU: datagramLayout).
  */
 export const FRAME_OVERHEAD = IP_UDP_OVERHEAD + 14;
 /** Origin field of the nonce for datagrams from the source. */
@@ -129,15 +128,23 @@ export interface DatagramLayout {
 /**
  * The largest DATA datagram that fits the link MTU without IP fragmentation: whole pages when
  * one fits (up to `maxPages` of them), otherwise the fewest fragments per page.
- * `maxPages` beyond what fits makes datagrams the kernel will fragment (an explicit choice).
+ *
+ * Never larger than the MTU. Letting the kernel IP-fragment larger datagrams was an opt-in layout
+ * until 2026-12-04, when it was measured on `bench scatter`'s topology (4 receivers, MTU 9000,
+ * 512 MiB): 8 pages per datagram (4 IP fragments) moved 235-277 MB/s against 199-230 for 2 pages
+ * on clean links (less CPU per page on both ends), but with 1% loss on the receivers' links the
+ * scatter stalled for good: every lost fragment leaves a reassembly queue that holds its
+ * datagram's other fragments for ipfrag_time (30 s), those queues reached the namespace's
+ * ipfrag_high_thresh (4 MiB) within a second, and from then on the kernel dropped every
+ * fragment (IpReasmFails climbing, IpReasmOKs still). The option was removed.
  */
-export function datagramLayout(mtu: number, auth: boolean, maxPages = 2, allowIpFragmentation = false): DatagramLayout {
+export function datagramLayout(mtu: number, auth: boolean, maxPages = 2): DatagramLayout {
   if (!Number.isInteger(mtu) || mtu < 576 || mtu > 65535) throw new RangeError(`mtu must be an integer in [576, 65535], got ${mtu}`);
   if (!Number.isInteger(maxPages) || maxPages < 1 || maxPages > MAX_PAGES_PER_DATAGRAM) {
     throw new RangeError(`pages per datagram must be 1..${MAX_PAGES_PER_DATAGRAM}, got ${maxPages}`);
   }
   const overhead = HEADER_BYTES + (auth ? AUTH_TRAILER_BYTES : 0);
-  const room = allowIpFragmentation ? 65507 : mtu - IP_UDP_OVERHEAD;
+  const room = mtu - IP_UDP_OVERHEAD;
   if (room >= overhead + PAGE_SIZE) {
     const pages = Math.min(maxPages, Math.floor((room - overhead + 4) / (PAGE_SIZE + 4)));
     return { mtu, auth, pagesPerDatagram: pages, fragmentsPerPage: 1, fragmentBytes: PAGE_SIZE, maxDatagramBytes: overhead + pages * (PAGE_SIZE + 4) - 4 };

@@ -30,8 +30,6 @@ export interface NetnsScatterOptions {
   igmp?: 'auto' | 'on' | 'off';
   job?: number;
   pagesPerDatagram?: number;
-  /** Let datagrams exceed the MTU (the kernel fragments them). */
-  ipFragmentation?: boolean;
 }
 
 export interface SenderOutput {
@@ -105,7 +103,6 @@ export async function runNetnsScatter(topo: Topology, o: NetnsScatterOptions): P
       dataPort: 47100,
       mtu: o.mtu,
       ...(o.pagesPerDatagram ? { pagesPerDatagram: o.pagesPerDatagram } : {}),
-      ...(o.ipFragmentation ? { ipFragmentation: true } : {}),
     });
     const sessionPath = join(dir, 'session.json');
     writeFileSync(sessionPath, JSON.stringify(sessionToJson(session)));
