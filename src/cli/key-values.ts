@@ -1,5 +1,16 @@
+import { InvalidArgumentError } from 'commander';
 import { ErrorCode, VmsError } from '../errors.js';
 import { DEFAULT_WORKLOAD, type WorkloadParams } from '../qemu/guest-builder.js';
+
+/**
+ * An integer option's value (commander's argument parser): anything else is reported by
+ * commander as the option's invalid argument, with the usage hint, not as a crash.
+ */
+export function intArg(v: string): number {
+  const n = Number(v);
+  if (v.trim() === '' || !Number.isInteger(n)) throw new InvalidArgumentError(`expected an integer, got "${v}".`);
+  return n;
+}
 
 /**
  * `key=value,key=value` with numeric values and keys among `keys` (matched without regard to

@@ -7,7 +7,7 @@ import { ErrorCode, isVmsError, VmsError } from '../errors.js';
 import { demoCommand } from './demo-command.js';
 import { benchCommand, BENCH_SUITES } from './bench-command.js';
 import { registerServiceCommands } from './service-commands.js';
-import { parseWorkloadSpec, WORKLOAD_KEYS } from './key-values.js';
+import { intArg, parseWorkloadSpec, WORKLOAD_KEYS } from './key-values.js';
 import { DEFAULT_WORKLOAD, type WorkloadParams } from '../qemu/guest-builder.js';
 
 const WORKLOAD_HELP = `${WORKLOAD_KEYS.join(', ')}; default ${WORKLOAD_KEYS.map((k) => `${k}=${DEFAULT_WORKLOAD[k]}`).join(',')}`;
@@ -23,16 +23,16 @@ program
   .description('evacuate simulated VMs to simulated target hosts on loopback and verify every rebuilt VM byte for byte')
   .option('--json', 'print the summary as one JSON object on stdout')
   .option('--config <file>', 'JSON config file (see config/default.json)')
-  .option('--vms <n>', 'number of VMs', int)
-  .option('--memory-mib <n>', 'RAM per VM, MiB', int)
-  .option('--targets <n>', 'number of target hosts', int)
-  .option('--os-images <n>', 'distinct OS images in the fleet', int)
-  .option('--tenants <n>', 'tenants in the fleet', int)
-  .option('--seed <n>', 'fleet seed', int)
+  .option('--vms <n>', 'number of VMs', intArg)
+  .option('--memory-mib <n>', 'RAM per VM, MiB', intArg)
+  .option('--targets <n>', 'number of target hosts', intArg)
+  .option('--os-images <n>', 'distinct OS images in the fleet', intArg)
+  .option('--tenants <n>', 'tenants in the fleet', intArg)
+  .option('--seed <n>', 'fleet seed', intArg)
   .option('--dirty-rate <pages/s>', 'guest writes per VM, pages/s', Number)
   .option('--max-bandwidth-mibps <n>', 'pre-copy rate limit per VM (QEMU default 128; 0 = unlimited)', Number)
   .option('--downtime-limit-ms <n>', "QEMU's downtime-limit per VM (default QEMU's 300; through vmscatter 20 keeps downtime near direct QEMU's)", Number)
-  .option('--parallel <n>', 'VMs migrating at once', int)
+  .option('--parallel <n>', 'VMs migrating at once', intArg)
   .addOption(new Option('--compress <mode>', 'converge frames: lz4 (default) or none').choices(['lz4', 'none']))
   .option('--no-scatter', 'skip the multicast scatter (converge-only dedup)')
   .addOption(new Option('--strategy <name>', 'placement strategy').choices(['graph', 'greedy', 'round-robin']))
@@ -96,11 +96,6 @@ program
 // coordinator, agent, evacuate, plan, jobs, cancel, agents
 registerServiceCommands(program);
 
-function int(v: string): number {
-  const n = Number(v);
-  if (!Number.isInteger(n)) throw new Error(`expected an integer, got "${v}"`);
-  return n;
-}
 
 try {
   await program.parseAsync(process.argv);

@@ -9,16 +9,12 @@ import { agentCommand } from './agent-command.js';
 import { coordinatorCommand } from './coordinator-command.js';
 import { evacuateCommand } from './evacuate-command.js';
 import { agentsCommand, cancelCommand, jobsCommand } from './jobs-command.js';
+import { intArg } from './key-values.js';
 import { planCommand } from './plan-command.js';
 
 const STRATEGIES = ['graph', 'greedy', 'round-robin'];
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
-function int(v: string): number {
-  const n = Number(v);
-  if (!Number.isInteger(n)) throw new Error(`expected an integer, got "${v}"`);
-  return n;
-}
 
 function collect(v: string, prev: string[] = []): string[] {
   return [...prev, v];
@@ -35,10 +31,10 @@ export function registerServiceCommands(program: Command): Command {
     .option('--listen <host:port>', 'where the API listens (default 127.0.0.1:7400)')
     .option('--url <url>', 'URL agents call back on (default: where it listens)')
     .option('--state-dir <dir>', 'job state directory ("" = memory only; default var/coordinator or VMSCATTER_STATE_DIR)')
-    .option('--max-outgoing <n>', 'VM migrations out of one source host at once, over all jobs', int)
-    .option('--max-incoming <n>', 'VM migrations into one target host at once, over all jobs', int)
-    .option('--heartbeat-ms <ms>', 'agent heartbeat interval', int)
-    .option('--lost-after-ms <ms>', 'an agent silent this long is lost and its jobs fail', int)
+    .option('--max-outgoing <n>', 'VM migrations out of one source host at once, over all jobs', intArg)
+    .option('--max-incoming <n>', 'VM migrations into one target host at once, over all jobs', intArg)
+    .option('--heartbeat-ms <ms>', 'agent heartbeat interval', intArg)
+    .option('--lost-after-ms <ms>', 'an agent silent this long is lost and its jobs fail', intArg)
     .addOption(new Option('--strategy <name>', 'default placement strategy').choices(STRATEGIES))
     .option('--agent <url>', 'control URL of an agent to poll instead of waiting for it to register (repeatable)', collect)
     .addOption(new Option('--log-level <level>', 'log level (logs: JSON on stderr)').choices(LOG_LEVELS))
@@ -55,14 +51,14 @@ export function registerServiceCommands(program: Command): Command {
     .option('--data-listen <host:port>', 'target: converge connections (default 127.0.0.1:0)')
     .option('--advertise <host>', 'address others reach this agent at (default: the listen host)')
     .addOption(coordinatorOption())
-    .option('--capacity-mib <n>', 'target: memory offered to incoming VMs, MiB', int)
-    .option('--max-vms <n>', 'target: incoming VMs accepted (0 = no limit)', int)
+    .option('--capacity-mib <n>', 'target: memory offered to incoming VMs, MiB', intArg)
+    .option('--max-vms <n>', 'target: incoming VMs accepted (0 = no limit)', intArg)
     .option('--keep-migrated', "source, QEMU guests: leave a guest's source QEMU paused after the guest moved, instead of quitting it")
     .option('--fleet <spec>', 'what the agent hosts: simulated VMs, "sim" or "sim:vms=8,memoryMiB=256,dirtyPagesPerSec=500,..."; QEMU guests, "qemu:GUESTS.json" (source: the running guests to migrate, docs/operations.md) or "qemu" (target)')
     .option('--max-bandwidth-mibps <n>', 'source: pre-copy rate limit per VM (QEMU default 128; 0 = unlimited)', Number)
     .addOption(new Option('--compress <mode>', 'source: converge frames, lz4 (default) or none').choices(['lz4', 'none']))
     .option('--scatter-interface <addr>', 'IPv4 address of the interface multicast is sent (source) or received (target) on (default 127.0.0.1)')
-    .option('--mtu <bytes>', 'MTU of the multicast path (9000: two pages per datagram)', int)
+    .option('--mtu <bytes>', 'MTU of the multicast path (9000: two pages per datagram)', intArg)
     .option('--scatter-rate-mbps <n>', "source: the multicast sender's ceiling, MB/s (default 100); it starts at half and backs off when receivers lose datagrams", Number)
     .option('--no-scatter', 'source: skip the multicast scatter (converge carries every page)')
     .option('--no-register', 'do not register with the coordinator (it polls this agent: coordinator --agent URL)')
@@ -78,7 +74,7 @@ export function registerServiceCommands(program: Command): Command {
     .requiredOption('--source <host>', 'source host (agent name)')
     .requiredOption('--targets <a,b,c>', 'target hosts (agent names), comma-separated')
     .option('--vms <a,b>', 'only these VMs (default: all on the source)')
-    .option('--parallel <n>', 'VMs of this job migrating at once (per-host limits apply on top)', int)
+    .option('--parallel <n>', 'VMs of this job migrating at once (per-host limits apply on top)', intArg)
     .addOption(new Option('--strategy <name>', 'placement strategy').choices(STRATEGIES))
     .option('--no-verify', 'skip comparing rebuilt VMs with their sources')
     .option('--dry-run', 'only plan: placement and predicted bytes (POST /v1/plans)')
@@ -99,11 +95,11 @@ export function registerServiceCommands(program: Command): Command {
     .option('--vms <a,b>', 'through the coordinator: only these VMs')
     .addOption(new Option('--strategy <name>', 'through the coordinator: placement strategy').choices(STRATEGIES))
     .addOption(new Option('--placement <name>', 'offline: placement algorithm').choices(['graph', 'greedy', 'exhaustive']))
-    .option('--max-groups <n>', 'offline: cap on multicast groups', int)
-    .option('--max-groups-per-receiver <n>', 'offline: groups a target joins at once', int)
-    .option('--min-targets-for-scatter <n>', 'offline: smallest group sent by multicast', int)
-    .option('--channels <n>', 'offline: multicast channels', int)
-    .option('--seed <n>', 'offline: seed', int)
+    .option('--max-groups <n>', 'offline: cap on multicast groups', intArg)
+    .option('--max-groups-per-receiver <n>', 'offline: groups a target joins at once', intArg)
+    .option('--min-targets-for-scatter <n>', 'offline: smallest group sent by multicast', intArg)
+    .option('--channels <n>', 'offline: multicast channels', intArg)
+    .option('--seed <n>', 'offline: seed', intArg)
     .option('--out <file>', 'offline: also write the plan as JSON here')
     .option('--all-vms', "offline: print every VM's target")
     .option('--json', 'JSON on stdout')
@@ -135,7 +131,7 @@ export function registerServiceCommands(program: Command): Command {
     .description('list jobs, or show one')
     .argument('[job]', 'job id')
     .option('--state <state>', 'only jobs in this state')
-    .option('--limit <n>', 'at most this many', int)
+    .option('--limit <n>', 'at most this many', intArg)
     .option('--watch', 'with a job id: follow it to its end with progress bars')
     .option('--json', 'JSON on stdout')
     .addOption(coordinatorOption())
