@@ -64,7 +64,7 @@ export class AgentRegistry {
     const now = this.now();
     const rec: AgentRecord = { ...reg, state: 'ready', static: isStatic || (old?.static ?? false), registeredAt: old?.registeredAt ?? now, lastSeenAt: now };
     this.agents.set(reg.name, rec);
-    if (!old) this.o.logger.info({ agent: reg.name, role: reg.role, controlUrl: reg.controlUrl }, 'agent registered');
+    if (!old) this.o.logger.info({ agent: reg.name, agentRole: reg.role, controlUrl: reg.controlUrl }, 'agent registered');
     else if (old.state === 'lost') this.back(rec);
     return rec;
   }
@@ -117,7 +117,7 @@ export class AgentRegistry {
     for (const a of this.agents.values()) {
       if (a.state === 'ready' && now - a.lastSeenAt > this.o.lostAfterMs) {
         a.state = 'lost';
-        this.o.logger.warn({ agent: a.name, role: a.role, silentMs: now - a.lastSeenAt }, 'agent lost');
+        this.o.logger.warn({ agent: a.name, agentRole: a.role, silentMs: now - a.lastSeenAt }, 'agent lost');
         try {
           this.o.onLost(a);
         } catch (e) {

@@ -111,6 +111,25 @@ describe('AgentRegistry', () => {
     expect(r.isGone('nobody')).toBe(true);
     expect(r.list().map((a) => a.name)).toEqual(['s1', 't1']);
   });
+
+  it("logs registrations and losses with the agent's role next to the coordinator's own, not over it", () => {
+    const out = new PassThrough();
+    const lines: string[] = [];
+    out.on('data', (d: Buffer) => lines.push(...d.toString().split('\n').filter(Boolean)));
+    const logger = pino({ level: 'info', base: { role: 'coordinator' } }, out);
+    let now = 1000;
+    const r = new AgentRegistry({ lostAfterMs: 500, pollIntervalMs: 100, staticAgents: [], token: 'x', logger, onLost: () => {}, now: () => now });
+    r.register({ name: 's1', role: 'source', controlUrl: 'http://h:2' });
+    now += 600;
+    r.checkLiveness();
+    const events = lines.map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(events.map((e) => [e.msg, e.role, e.agent, e.agentRole])).toEqual([
+      ['agent registered', 'coordinator', 's1', 'source'],
+      ['agent lost', 'coordinator', 's1', 'source'],
+    ]);
+    // Each key once per line: JSON.parse keeps the last of duplicated keys, hiding the first.
+    for (const l of lines) expect(l.match(/"role":/g)).toHaveLength(1);
+  });
 });
 
 describe('fleet wire format', () => {
