@@ -9,6 +9,7 @@ import { benchCommand, BENCH_SUITES } from './bench-command.js';
 import { registerServiceCommands } from './service-commands.js';
 import { intArg, parseWorkloadSpec, WORKLOAD_KEYS } from './key-values.js';
 import { DEFAULT_WORKLOAD, type WorkloadParams } from '../qemu/guest-builder.js';
+import { VERSION } from '../coordinator/version.js';
 
 const WORKLOAD_HELP = `${WORKLOAD_KEYS.join(', ')}; default ${WORKLOAD_KEYS.map((k) => `${k}=${DEFAULT_WORKLOAD[k]}`).join(',')}`;
 
@@ -16,6 +17,7 @@ const program = new Command();
 program
   .name('vmscatter')
   .description('One-to-many live migration of QEMU VMs: cross-VM page dedup, multicast scatter, sharing-aware placement')
+  .version(VERSION, '-V, --version', "print vmscatter's version")
   .showHelpAfterError('(run with --help for usage)');
 
 program

@@ -1,8 +1,10 @@
 /**
- * Integer options of the CLI: a value that is not an integer is refused by the option parser
- * with the option's name and the usage hint, before anything runs, and never as a stack trace.
+ * The CLI's own options: --version prints package.json's version; a value that is not an integer
+ * for an integer option is refused by the option parser with the option's name and the usage
+ * hint, before anything runs, and never as a stack trace.
  */
 import { execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 
@@ -12,6 +14,14 @@ async function cliError(args: string[]): Promise<{ code: number; stderr: string 
     stderr: string;
   };
 }
+
+describe('--version', () => {
+  it("prints package.json's version", async () => {
+    const { version } = JSON.parse(readFileSync('package.json', 'utf8')) as { version: string };
+    const r = await promisify(execFile)(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', '--version'], { cwd: process.cwd() });
+    expect(r.stdout.trim()).toBe(version);
+  });
+});
 
 describe('integer options', () => {
   it.each([
