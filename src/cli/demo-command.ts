@@ -155,7 +155,7 @@ export function formatSummary(r: EvacuationReport): string {
 function verdict(vms: EvacuationReport['vms']): string {
   const ram = vms.filter((v) => v.verified && v.verifiedBy !== 'running').length;
   const running = vms.filter((v) => v.verified && v.verifiedBy === 'running').length;
-  if (ram === vms.length) return `all ${vms.length} VMs rebuilt byte-identical on their targets`;
+  if (ram === vms.length) return vms.length === 1 ? 'the VM was rebuilt byte-identical on its target' : `all ${vms.length} VMs rebuilt byte-identical on their targets`;
   const parts = [ram > 0 ? `${ram} rebuilt byte-identical` : '', running > 0 ? `${running} running on their targets (RAM not compared)` : '', vms.length - ram - running > 0 ? `${vms.length - ram - running} not verified` : ''];
   return `all ${vms.length} VMs moved: ${parts.filter(Boolean).join(', ')}`;
 }

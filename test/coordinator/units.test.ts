@@ -342,6 +342,7 @@ describe('the evacuation summary', () => {
     ({ ok: true, vms, bytes: { wire: 1e6, converge: 1e6, scatter: 0, plainQemu: 2e6 }, index: { pages: 4, zeroPages: 0, distinct: 4, sharedAcrossVms: 0 }, phasesMs: { converge: 10 } }) as unknown as EvacuationReport;
   it('claims byte-identical only for VMs whose RAM was compared', () => {
     expect(formatSummary(report([vm('a', { verified: true, verifiedBy: 'ram' }), vm('b', { verified: true })]))).toMatch(/all 2 VMs rebuilt byte-identical on their targets/);
+    expect(formatSummary(report([vm('a', { verified: true, verifiedBy: 'ram' })]))).toMatch(/^the VM was rebuilt byte-identical on its target$/m);
     const mixed = formatSummary(report([vm('a', { verified: true, verifiedBy: 'ram' }), vm('q', { verified: true, verifiedBy: 'running' }), vm('n', {})]));
     expect(mixed).toMatch(/all 3 VMs moved: 1 rebuilt byte-identical, 1 running on their targets \(RAM not compared\), 1 not verified/);
     expect(mixed).not.toMatch(/all 3 VMs rebuilt byte-identical/);
