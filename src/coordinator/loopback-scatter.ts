@@ -32,7 +32,7 @@ export function createLoopbackScatter(cfg: EvacuationConfig['scatter'], agents: 
 }
 
 /** What the evacuation keeps of a scatter: holdings from the targets' reports, bytes, notes. */
-export function scatterOutcome(plan: Plan, r: ScatterResult): ScatterOutcome {
+export function scatterOutcome(plan: Pick<Plan, 'targets'>, r: ScatterResult): ScatterOutcome {
   const notes: string[] = [];
   if (!r.sender.igmp.checked) notes.push(`network-level join check skipped: ${r.sender.igmp.reason ?? 'no CAP_NET_RAW'}`);
   else if (r.sender.igmpUnseenAtStart) {
@@ -42,6 +42,12 @@ export function scatterOutcome(plan: Plan, r: ScatterResult): ScatterOutcome {
   }
   const incomplete = r.targets.filter((t) => !t.complete).map((t) => t.name);
   if (incomplete.length) notes.push(`incomplete after repair: ${incomplete.join(', ')} (converge carries the rest)`);
+  const stalled = [...new Set(r.sender.groups.flatMap((g) => g.stalled))].map((t) => r.targets.find((x) => x.target === t)?.name ?? `target ${t}`);
+  if (stalled.length) {
+    notes.push(
+      `repairs stopped for ${stalled.join(', ')}: repaired datagrams did not arrive (a path that drops the scatter's data but not its control messages: check its MTU against the scatter's)`,
+    );
+  }
   return {
     held: plan.targets.map((_, t) => r.targets.find((x) => x.target === t)?.held ?? new Uint32Array(0)),
     bytesSent: r.sender.bytesSent,

@@ -71,6 +71,18 @@ export interface ScatterSenderOptions {
   maxPollRounds?: number;
   /** Give up on a target that has not answered this many polls in a row (default 8). */
   maxSilentPolls?: number;
+  /**
+   * Give up on a target that answers but whose count of received datagrams has not grown over
+   * this many polls in a row although repairs went to it (default 2): its path drops the data
+   * (a smaller MTU than the session's, a filter) while the small control datagrams get through.
+   */
+  maxStalledPolls?: number;
+  /**
+   * Give up on a target once the repair datagrams it could receive (unicast to it, multicast
+   * while it lacked data) exceed this multiple of the group's datagrams (default 1: one more
+   * full pass). Converge carries what it lacks.
+   */
+  repairBudget?: number;
   /** Overall limit for the report phase (default 5000 ms). */
   reportTimeoutMs?: number;
   /** Collect NACKs this long before deciding multicast vs unicast (default 3 ms). */
@@ -133,6 +145,8 @@ export interface GroupStats {
   igmpUnseenAtStart: number[] | null;
   /** Targets that did not end the group with every datagram (they rely on converge). */
   incomplete: number[];
+  /** Targets given up on while they still answered: no progress (maxStalledPolls) or past the repair budget. */
+  stalled: number[];
   firstPassMs: number;
   totalMs: number;
 }
@@ -253,6 +267,10 @@ interface GroupTx {
   complete: Set<number>;
   gaveUp: Set<number>;
   silent: Map<number, number>;
+  /** Per member: repair datagrams sent that it could receive (unicast to it, or multicast while it lacked data). */
+  repairsTo: Map<number, number>;
+  /** Per member, from its last answer to a poll: the round, its received count, repairsTo then, and polls in a row without progress. */
+  progress: Map<number, { round: number; received: number; repairsTo: number; stalled: number }>;
   pollRound: number;
   nextPollAt: number;
   pollSentAt: number;
@@ -483,6 +501,8 @@ export class ScatterSender {
         complete: new Set(),
         gaveUp: new Set(),
         silent: new Map(),
+        repairsTo: new Map(),
+        progress: new Map(),
         pollRound: 0,
         nextPollAt: 0,
         pollSentAt: 0,
@@ -504,6 +524,7 @@ export class ScatterSender {
           igmpLeftOnly: null,
           igmpUnseenAtStart: null,
           incomplete: [],
+          stalled: [],
           firstPassMs: 0,
           totalMs: 0,
         },
@@ -746,8 +767,12 @@ export class ScatterSender {
     if (who === -1) return; // cancelled (e.g. target completed meanwhile)
     let to: Peer | null = null;
     if (who >= 0) {
+      if (tx.gaveUp.has(who)) return;
       to = this.targets[who]!.peer;
       if (!to) return;
+      this.chargeRepair(tx, who);
+    } else {
+      for (const m of tx.members) if (!tx.complete.has(m) && !tx.gaveUp.has(m)) this.chargeRepair(tx, m);
     }
     this.sendData(tx, seq, Flag.REPAIR, to);
     tx.lastRepairAt[seq] = now;
@@ -761,6 +786,33 @@ export class ScatterSender {
       this.stats.repairsUnicast++;
       tx.stats.repairsUnicast++;
     }
+  }
+
+  /** Count a repair `target` could receive; past the repair budget, give up on it. */
+  private chargeRepair(tx: GroupTx, target: number): void {
+    const n = (tx.repairsTo.get(target) ?? 0) + 1;
+    tx.repairsTo.set(target, n);
+    if (n > (this.o.repairBudget ?? 1) * tx.nDatagrams) this.giveUpStalled(tx, target);
+  }
+
+  /**
+   * A member's answer to poll `round` with `received` datagrams: a poll with no more received
+   * than the one before, although repairs went to it since, counts as stalled.
+   */
+  private trackProgress(tx: GroupTx, target: number, round: number, received: number): void {
+    if (round !== tx.pollRound || tx.gaveUp.has(target)) return;
+    const sent = tx.repairsTo.get(target) ?? 0;
+    const p = tx.progress.get(target);
+    if (p?.round === round) return; // a repeated answer
+    const stalled = !p || received > p.received ? 0 : sent > p.repairsTo ? p.stalled + 1 : p.stalled;
+    tx.progress.set(target, { round, received, repairsTo: sent, stalled });
+    if (stalled >= (this.o.maxStalledPolls ?? 2)) this.giveUpStalled(tx, target);
+  }
+
+  private giveUpStalled(tx: GroupTx, target: number): void {
+    if (tx.gaveUp.has(target)) return;
+    tx.gaveUp.add(target);
+    tx.stats.stalled.push(target);
   }
 
   private sendControl(kind: Kind, group: number, seq: number, target: number, body?: Buffer): void {
@@ -1040,6 +1092,7 @@ export class ScatterSender {
         const tx = this.groups.get(h.group);
         if (!tx || !tx.members.includes(t.index)) return void this.stats.foreign++;
         if (tx.state !== GState.Sending && tx.state !== GState.Repairing) return;
+        if (tx.gaveUp.has(t.index)) return; // converge carries what it lacks
         this.stats.nacks++;
         let fresh = 0;
         const holdoff = Math.max(REPAIR_HOLDOFF_MIN_MS, 1.5 * this.rttMs);
@@ -1078,6 +1131,7 @@ export class ScatterSender {
           this.rttMs = 0.8 * this.rttMs + 0.2 * Math.min(rtt, 500);
         }
         if (st.missing === 0) tx.complete.add(t.index);
+        else this.trackProgress(tx, t.index, h.seq, st.received);
         return;
       }
       case Kind.REPORT: {

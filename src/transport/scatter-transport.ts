@@ -64,6 +64,11 @@ export interface Impairment {
   /** Fraction of datagrams delayed by `reorderDelayMs`, so later ones overtake them. */
   reorder?: number;
   reorderDelayMs?: number;
+  /**
+   * Per receiving interface address: its path's MTU. Datagrams that do not fit (with IP and UDP
+   * headers) are dropped, as a bridge drops frames larger than a port's MTU.
+   */
+  mtuByIface?: Record<string, number>;
   /** Deterministic PRNG seed. */
   seed?: number;
 }
@@ -124,6 +129,11 @@ export class MemoryNetwork implements ScatterNetwork {
 
   private deliver(s: MemSocket, data: Buffer, from: Peer): void {
     const i = this.impair;
+    const mtu = i.mtuByIface?.[s.iface];
+    if (mtu !== undefined && data.length + 28 > mtu) {
+      this.dropped++;
+      return;
+    }
     if (i.loss && this.rand() < i.loss) {
       this.dropped++;
       return;

@@ -12,6 +12,7 @@ import { sessionFromPlan, type ScatterSession } from '../../src/transport/scatte
 import { MemoryNetwork, type Impairment } from '../../src/transport/scatter-transport.js';
 import { ALL_GROUPS, AUTH_TRAILER_BYTES, decodeHeader, encodeControl, Flag, HEADER_BYTES, Kind, writeHeader } from '../../src/wire/datagram.js';
 import { makeFleet, type Fleet } from './fleet.js';
+import { scatterOutcome } from '../../src/coordinator/loopback-scatter.js';
 
 const SEED = 77;
 const SENDER = '10.0.0.1';
@@ -226,6 +227,47 @@ describe('scatter over the in-memory network', () => {
     expect(rep.held.length).toBe(0);
     for (const t of [0, 1, 3]) expect(run.result.targets[t]!.complete).toBe(true);
     expect(run.result.sender.joinsMissing).toBeGreaterThan(0);
+  });
+
+  it('gives up on a target whose path drops the data but not the control (a smaller MTU), within one more pass', async () => {
+    const fleet = makeFleet(3000);
+    // Target 1's path carries 1500-byte frames: its polls, NACKs and reports get through, the
+    // 8 KiB DATA datagrams of the session's MTU 9000 never do.
+    const run = await scatter(fleet, { impair: { mtuByIface: { [iface(1)]: 1500 } } });
+    const s = run.result.sender;
+    const withT1 = s.groups.filter((g) => g.targets.includes(1));
+    expect(withT1.length).toBeGreaterThan(0);
+    for (const g of s.groups) {
+      expect(g.stalled).toEqual(g.targets.includes(1) ? [1] : []);
+      expect(g.incomplete).toEqual(g.targets.includes(1) ? [1] : []);
+    }
+    expect(run.result.targets[1]!.reported).toBe(true);
+    expect(run.result.targets[1]!.held.length).toBe(0);
+    for (const t of [0, 2, 3]) expect(run.result.targets[t]!.complete).toBe(true);
+    // At most one more pass of each of its groups (the repair budget), not a pass per poll round.
+    const firstPass = withT1.reduce((a, g) => a + Math.ceil(g.contents / 2), 0);
+    expect(s.repairs).toBeGreaterThan(0);
+    expect(s.repairs).toBeLessThanOrEqual(firstPass + withT1.length);
+    for (const g of withT1) expect(g.pollRounds).toBeLessThanOrEqual(3);
+    // The evacuation's notes name it and say where to look.
+    expect(scatterOutcome(fleet.plan, run.result).notes).toContainEqual(expect.stringMatching(/^repairs stopped for t1: .*check its MTU/));
+    expect(scatterOutcome(fleet.plan, run.result).notes).toContainEqual(expect.stringMatching(/^incomplete after repair: t1 /));
+  });
+
+  it('without the repair budget, gives up on such a target after two polls without progress', async () => {
+    const fleet = makeFleet(3000);
+    const run = await scatter(fleet, { impair: { mtuByIface: { [iface(1)]: 1500 } }, sender: { repairBudget: 100 } });
+    const s = run.result.sender;
+    const withT1 = s.groups.filter((g) => g.targets.includes(1));
+    for (const g of withT1) {
+      expect(g.stalled).toEqual([1]);
+      // A poll sets the mark, the next two show nothing received although repairs went out
+      // (one more when the target's first NACKs came after a poll): given up.
+      expect(g.pollRounds).toBeLessThanOrEqual(4);
+    }
+    for (const t of [0, 2, 3]) expect(run.result.targets[t]!.complete).toBe(true);
+    const firstPass = withT1.reduce((a, g) => a + Math.ceil(g.contents / 2), 0);
+    expect(s.repairs).toBeLessThanOrEqual(3 * (firstPass + withT1.length)); // a pass per stalled poll
   });
 
   it('confirms its joins on every tick until the sender first answers, then only when they change', async () => {
