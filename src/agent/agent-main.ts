@@ -5,7 +5,7 @@
  * heartbeat, register again when the coordinator forgot it (restart).
  */
 import { mkdtemp, rm } from 'node:fs/promises';
-import { hostname, tmpdir } from 'node:os';
+import { hostname, networkInterfaces, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino, type Logger } from 'pino';
 import { CONTROL_DEFAULTS, parseHostPort, type EvacuationConfig } from '../config.js';
@@ -61,12 +61,31 @@ export function simFleet(cfg: EvacuationConfig, host: string): SimSourceVm[] {
   return simFleetFromConfig(cfg, `${host}-`);
 }
 
+/**
+ * The scatter's interface must be an IPv4 address of this host: multicast leaves and arrives by
+ * the interface that has it. Otherwise every job's scatter would fail to bind and converge carry
+ * every page, with only a warning in this agent's log.
+ */
+function requireLocalAddress(address: string, role: string): void {
+  const mine = Object.values(networkInterfaces())
+    .flat()
+    .filter((a) => a?.family === 'IPv4')
+    .map((a) => a!.address);
+  if (!mine.includes(address)) {
+    throw new VmsError(
+      ErrorCode.CONFIG,
+      `--scatter-interface ${address} (scatter.interface) is not an address of this host (its IPv4 addresses: ${mine.join(', ') || 'none'}): give the address of its interface on the multicast network${role === 'source' ? ', or --no-scatter' : ''}`,
+    );
+  }
+}
+
 export async function startAgent(cfg: EvacuationConfig, o: StartAgentOptions = {}): Promise<AgentHandle> {
   const token = requireToken(cfg.auth.token, CONTROL_DEFAULTS.minTokenLength, 'the agent');
   const name = agentName(cfg);
   const role = cfg.agent.role;
   const logger = o.logger ?? pino({ level: cfg.log.level, base: { agent: name, role } }, pino.destination(2));
   const listen = parseHostPort(cfg.agent.listen, 'agent.listen');
+  if (cfg.scatter.enabled) requireLocalAddress(cfg.scatter.interface, role);
 
   let source: SourceHost | undefined;
   let reloadGuests: (() => Promise<GuestsReload>) | undefined;

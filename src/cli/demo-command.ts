@@ -147,6 +147,8 @@ export function formatSummary(r: EvacuationReport): string {
   out += `phases (ms): ${Object.entries(r.phasesMs)
     .map(([k, v]) => `${k} ${Math.round(v)}`)
     .join(', ')}\n`;
+  // What the scatter could not do (a failure, targets left to converge, checks skipped).
+  for (const n of r.scatter?.notes ?? []) out += `scatter: ${n}\n`;
   out += r.ok ? `${verdict(r.vms)}\n` : `FAILED: ${r.vms.filter((v) => !v.ok).length} VM(s) not migrated or not identical\n`;
   return out;
 }

@@ -310,6 +310,20 @@ describe('a source host taking on and letting go of VMs (guests file reload)', (
   });
 });
 
+describe('agent start-up', () => {
+  it('refuses a scatter interface that is not an address of this host, unless the scatter is off', async () => {
+    const silent = pino({ level: 'silent' });
+    const cfg = (role: 'source' | 'target', scatter: Record<string, unknown>) =>
+      resolveConfig({ auth: { token: 't'.repeat(16) }, agent: { role, name: `a-${role}`, listen: '127.0.0.1:0', register: false }, scatter });
+    await expect(startAgent(cfg('target', { interface: '198.51.100.250' }), { logger: silent })).rejects.toThrow(
+      /^--scatter-interface 198\.51\.100\.250 \(scatter\.interface\) is not an address of this host \(its IPv4 addresses: 127\.0\.0\.1.*\): give the address of its interface on the multicast network$/,
+    );
+    await expect(startAgent(cfg('source', { interface: '198.51.100.250' }), { logger: silent })).rejects.toThrow(/multicast network, or --no-scatter$/);
+    const off = await startAgent(cfg('source', { interface: '198.51.100.250', enabled: false }), { logger: silent });
+    await off.close();
+  });
+});
+
 describe('PUT /v1/incoming/:vm (a source announces a QEMU machine to a target agent)', () => {
   it('a QEMU target takes it once, checks its files exist there; a simulated-VM target refuses it', async () => {
     const silent = pino({ level: 'silent' });
@@ -347,6 +361,11 @@ describe('the evacuation summary', () => {
     expect(mixed).toMatch(/all 3 VMs moved: 1 rebuilt byte-identical, 1 running on their targets \(RAM not compared\), 1 not verified/);
     expect(mixed).not.toMatch(/all 3 VMs rebuilt byte-identical/);
     expect(mixed).toMatch(/^q\s+t1 .* running$/m);
+  });
+
+  it("prints the scatter's notes", () => {
+    const r = { ...report([vm('a', { verified: true, verifiedBy: 'ram' })]), scatter: { bytesSent: 0, datagrams: 0, repairs: 0, notes: ['scatter failed: cannot bind UDP; converge carried every page'] } } as unknown as EvacuationReport;
+    expect(formatSummary(r)).toMatch(/^scatter: scatter failed: cannot bind UDP; converge carried every page$/m);
   });
 });
 
