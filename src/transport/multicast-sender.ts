@@ -73,14 +73,15 @@ export interface ScatterSenderOptions {
   maxSilentPolls?: number;
   /**
    * Give up on a target that answers but whose count of received datagrams has not grown over
-   * this many polls in a row although repairs went to it (default 2): its path drops the data
-   * (a smaller MTU than the session's, a filter) while the small control datagrams get through.
+   * this many polls in a row although repairs it asked for went out (at least 32 between two
+   * polls; default 2): its path drops the data (a smaller MTU than the session's, a filter)
+   * while the small control datagrams get through.
    */
   maxStalledPolls?: number;
   /**
-   * Give up on a target once the repair datagrams it could receive (unicast to it, multicast
-   * while it lacked data) exceed this multiple of the group's datagrams (default 1: one more
-   * full pass). Converge carries what it lacks.
+   * Give up on a target once the repairs of datagrams it asked for (by unicast or multicast)
+   * exceed this multiple of the group's datagrams (default 1: one more full pass). Converge
+   * carries what it lacks.
    */
   repairBudget?: number;
   /** Overall limit for the report phase (default 5000 ms). */
@@ -267,7 +268,7 @@ interface GroupTx {
   complete: Set<number>;
   gaveUp: Set<number>;
   silent: Map<number, number>;
-  /** Per member: repair datagrams sent that it could receive (unicast to it, or multicast while it lacked data). */
+  /** Per member: repair datagrams sent of those it asked for (unicast to it, or multicast). */
   repairsTo: Map<number, number>;
   /** Per member, from its last answer to a poll: the round, its received count, repairsTo then, and polls in a row without progress. */
   progress: Map<number, { round: number; received: number; repairsTo: number; stalled: number }>;
@@ -278,6 +279,9 @@ interface GroupTx {
   joinsConfirmed: number[];
   stats: GroupStats;
 }
+
+/** Repairs a target asked for that must go out between two polls without progress for it to count as stalled. */
+const STALL_EVIDENCE = 32;
 
 /** Sender of one scatter job. `open()` binds its control socket; `run()` performs the scatter. */
 export class ScatterSender {
@@ -772,7 +776,12 @@ export class ScatterSender {
       if (!to) return;
       this.chargeRepair(tx, who);
     } else {
-      for (const m of tx.members) if (!tx.complete.has(m) && !tx.gaveUp.has(m)) this.chargeRepair(tx, m);
+      // A multicast repair counts for the members that asked for this datagram.
+      for (const m of tx.members) {
+        if (tx.complete.has(m) || tx.gaveUp.has(m)) continue;
+        const asked = tx.nackedBy.get(m)!;
+        if ((asked[seq >>> 3]! & (1 << (seq & 7))) !== 0) this.chargeRepair(tx, m);
+      }
     }
     this.sendData(tx, seq, Flag.REPAIR, to);
     tx.lastRepairAt[seq] = now;
@@ -797,14 +806,16 @@ export class ScatterSender {
 
   /**
    * A member's answer to poll `round` with `received` datagrams: a poll with no more received
-   * than the one before, although repairs went to it since, counts as stalled.
+   * than the one before, although at least STALL_EVIDENCE repairs it asked for went out since,
+   * counts as stalled. (Fewer prove nothing: at 5% loss the one repair of a target's last missing
+   * datagram is lost twice in a row now and then, and polling on costs little.)
    */
   private trackProgress(tx: GroupTx, target: number, round: number, received: number): void {
     if (round !== tx.pollRound || tx.gaveUp.has(target)) return;
     const sent = tx.repairsTo.get(target) ?? 0;
     const p = tx.progress.get(target);
     if (p?.round === round) return; // a repeated answer
-    const stalled = !p || received > p.received ? 0 : sent > p.repairsTo ? p.stalled + 1 : p.stalled;
+    const stalled = !p || received > p.received ? 0 : sent - p.repairsTo >= STALL_EVIDENCE ? p.stalled + 1 : p.stalled;
     tx.progress.set(target, { round, received, repairsTo: sent, stalled });
     if (stalled >= (this.o.maxStalledPolls ?? 2)) this.giveUpStalled(tx, target);
   }
