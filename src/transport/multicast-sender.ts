@@ -797,7 +797,7 @@ export class ScatterSender {
     }
   }
 
-  /** Count a repair `target` could receive; past the repair budget, give up on it. */
+  /** Count a repair of a datagram `target` asked for; past the repair budget, give up on it. */
   private chargeRepair(tx: GroupTx, target: number): void {
     const n = (tx.repairsTo.get(target) ?? 0) + 1;
     tx.repairsTo.set(target, n);

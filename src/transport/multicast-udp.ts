@@ -19,7 +19,7 @@
  *
  * The buffer handed to `onMessage` on the polled path is reused for the next datagram, and so is
  * the view of it while datagrams keep their length, as DATA datagrams do (no Buffer object per
- * datagram: receivers' user CPU -8 to -13% in three interleaved pairs of 512 MiB scatters,
+ * datagram: receivers' user CPU -10 to -12% in three interleaved pairs of 512 MiB scatters,
  * 2026-12-04): a consumer must copy what it keeps (the scatter receiver does: ContentStore.put
  * copies) and not hold on to the Buffer itself.
  * Polling needs the socket's descriptor and libuv handle, which dgram keeps in its internal
