@@ -4,7 +4,9 @@
  * (10.200.0.11-13), and the CLI evacuating through the API from the sender's namespace while it
  * reads the event stream. Converge traffic crosses the bridge, as between hosts. Twice: on clean
  * links, and with loss, reordering and duplication on every target's link (multicast, converge
- * streams and control traffic alike), where the job must end the same.
+ * streams and control traffic alike), where the job must end the same; and with t1's link at MTU
+ * 1500 under the scatter's 9000, where t1 gets no multicast data (its control messages pass):
+ * the source stops repairing it, converge carries its pages, and the job's notes say so.
  * Skips with the reason when namespaces are not usable here; under CI=true that is a failure.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -18,12 +20,13 @@ const TARGETS = 3;
 const COORDINATOR = `http://${SENDER_ADDR}:7400`;
 const MAIN = ['--import', 'tsx', 'src/cli/main.ts'];
 
-const LINKS: Array<{ name: string; impair?: Impairment }> = [
+const LINKS: Array<{ name: string; impair?: Impairment; t1Mtu?: number }> = [
   { name: 'clean links' },
   { name: "5% loss, 2% reordering and 2% duplication on every target's link", impair: { loss: 0.05, reorder: 0.02, duplicate: 0.02 } },
+  { name: "t1's link at MTU 1500 under the scatter's 9000", t1Mtu: 1500 },
 ];
 
-describe.skipIf(reason !== null && process.env.CI !== 'true').each(LINKS)('coordinator and agents in network namespaces, $name', ({ impair }) => {
+describe.skipIf(reason !== null && process.env.CI !== 'true').each(LINKS)('coordinator and agents in network namespaces, $name', ({ impair, t1Mtu }) => {
   it.runIf(reason !== null)('has its prerequisites (CI)', () => {
     throw new Error(`network-namespace tests cannot run under CI: ${reason}`);
   });
@@ -42,6 +45,7 @@ describe.skipIf(reason !== null && process.env.CI !== 'true').each(LINKS)('coord
     // Children of `ip netns exec` inherit this environment: the shared token.
     process.env.VMSCATTER_TOKEN = TOKEN;
     topo = await createTopology({ receivers: TARGETS, mtu: 9000, ...(impair ? { impair } : {}) });
+    if (t1Mtu) await topo.setReceiverMtu(0, t1Mtu);
     const c = node('coordinator', topo.senderNs, ['coordinator', '--listen', `${SENDER_ADDR}:7400`, '--state-dir', '', '--heartbeat-ms', '500', '--lost-after-ms', '5000', '--log-level', 'warn']);
     await c.line(/listening on/, 60_000);
     const agents = [
@@ -67,7 +71,7 @@ describe.skipIf(reason !== null && process.env.CI !== 'true').each(LINKS)('coord
     const job = JSON.parse(ev.stdout.at(-1)!) as {
       state: string;
       vms: Array<{ name: string; target: string; state: string }>;
-      report: { ok: boolean; bytes: { converge: number; scatter: number }; scatter?: { repairs: number } };
+      report: { ok: boolean; bytes: { converge: number; scatter: number }; scatter?: { repairs: number; notes: string[] } };
     };
     const log = ev.stderr.join('');
     expect(job.state).toBe('succeeded');
@@ -92,6 +96,14 @@ describe.skipIf(reason !== null && process.env.CI !== 'true').each(LINKS)('coord
       // The impairment did act on this job, and the scatter repaired what it lost.
       expect((await topo.impairmentDrops()).every((d) => d > 0)).toBe(true);
       expect(job.report.scatter!.repairs).toBeGreaterThan(0);
+    }
+    const stopped = job.report.scatter!.notes.filter((n) => n.startsWith('repairs stopped for'));
+    if (t1Mtu) {
+      // t1 got none of the multicast data; the source gave up repairing it after one more pass.
+      expect(stopped).toEqual([expect.stringMatching(/^repairs stopped for t1: .*check its MTU/)]);
+      expect(job.report.scatter!.notes).toContainEqual(expect.stringMatching(/^incomplete after repair: t1 /));
+    } else {
+      expect(stopped).toEqual([]);
     }
 
     // The job list from another client in the namespace shows it succeeded.

@@ -109,6 +109,12 @@ export class Topology {
     return via;
   }
 
+  /** Give receiver i's link (its eth0 and its bridge port) another MTU, e.g. smaller than a session's. */
+  async setReceiverMtu(i: number, mtu: number): Promise<void> {
+    await run('ip', ['-n', this.bridgeNs, 'link', 'set', `p-r${i + 1}`, 'mtu', String(mtu)]);
+    await run('ip', ['-n', this.receiverNs(i), 'link', 'set', 'eth0', 'mtu', String(mtu)]);
+  }
+
   /** Kernel counters of eth0 in every host namespace (sender first), from `ip -s -j link show`. */
   async linkCounters(): Promise<{ sender: LinkCounters; receivers: LinkCounters[] }> {
     const read = async (ns: string): Promise<LinkCounters> => {
