@@ -38,7 +38,7 @@ import {
   type Header,
   type ReceiverCounters,
 } from '../wire/datagram.js';
-import { layoutOf, SCATTER_DEFAULTS, type ScatterSession, type SessionGroup } from './scatter-session.js';
+import { bit, layoutOf, SCATTER_DEFAULTS, type ScatterSession, type SessionGroup } from './scatter-session.js';
 import { multicastUdpNetwork } from './multicast-udp.js';
 import { DEFAULT_RECV_BUFFER, type Peer, type ScatterNetwork, type ScatterSocket } from './scatter-transport.js';
 
@@ -608,10 +608,6 @@ export class ScatterReceiver {
     for (const rx of this.mine) for (const id of rx.g.contents) if (this.store.has(id)) this.counters.held++;
     this.resolveDone({ target: this.target, ended: how, held: this.heldIds(), counters: { ...this.counters } });
   }
-}
-
-function bit(bits: Uint8Array, i: number): boolean {
-  return (bits[i >>> 3]! & (1 << (i & 7))) !== 0;
 }
 
 /** Binary search in an ascending Uint32Array. */

@@ -40,7 +40,7 @@ import {
   type ReceiverCounters,
 } from '../wire/datagram.js';
 import { IgmpMonitor, type IgmpEvent } from './igmp-monitor.js';
-import { layoutOf, type ScatterSession, type SessionGroup } from './scatter-session.js';
+import { bit, layoutOf, type ScatterSession, type SessionGroup } from './scatter-session.js';
 import { multicastUdpNetwork } from './multicast-udp.js';
 import type { Peer, ScatterNetwork, ScatterSocket } from './scatter-transport.js';
 import { TokenBucket } from './token-bucket.js';
@@ -779,8 +779,7 @@ export class ScatterSender {
       // A multicast repair counts for the members that asked for this datagram.
       for (const m of tx.members) {
         if (tx.complete.has(m) || tx.gaveUp.has(m)) continue;
-        const asked = tx.nackedBy.get(m)!;
-        if ((asked[seq >>> 3]! & (1 << (seq & 7))) !== 0) this.chargeRepair(tx, m);
+        if (bit(tx.nackedBy.get(m)!, seq)) this.chargeRepair(tx, m);
       }
     }
     this.sendData(tx, seq, Flag.REPAIR, to);
@@ -987,7 +986,7 @@ export class ScatterSender {
         const mark = sendable.get(tx.g.id)!;
         const contents = tx.g.contents;
         for (let i = 0; i < contents.length; i++) {
-          const has = r !== undefined && (r.held[i >>> 3]! & (1 << (i & 7))) !== 0;
+          const has = r !== undefined && bit(r.held, i);
           if (has) held.push(contents[i]!);
           else if (mark[i] === 1) complete = false;
         }
@@ -1121,7 +1120,7 @@ export class ScatterSender {
           // Congestion signal: a target's first NACK of a datagram sent after the last rate
           // cut (losses of datagrams sent before it belong to the episode already answered).
           const mine = tx.nackedBy.get(t.index)!;
-          if ((mine[seq >>> 3]! & (1 << (seq & 7))) === 0) {
+          if (!bit(mine, seq)) {
             mine[seq >>> 3]! |= 1 << (seq & 7);
             if (tx.sentAt[seq]! > this.bucket.lastBackoffAt) fresh += this.datagramWireBytes(tx, seq);
           }

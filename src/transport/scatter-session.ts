@@ -224,3 +224,8 @@ export function sessionFromPlan(plan: ScatterPlan, o: SessionOptions): ScatterSe
   validateSession(s);
   return s;
 }
+
+/** Bit `i` of a per-datagram (or per-position) bitmap, as the sender and receivers keep them. */
+export function bit(bits: Uint8Array, i: number): boolean {
+  return (bits[i >>> 3]! & (1 << (i & 7))) !== 0;
+}
