@@ -73,17 +73,13 @@ export interface ScatterSenderOptions {
   maxSilentPolls?: number;
   /**
    * Give up on a target that answers but whose count of received datagrams has not grown over
-   * this many polls in a row although repairs it asked for went out (at least 32 between two
-   * polls; default 2): its path drops the data (a smaller MTU than the session's, a filter)
-   * while the small control datagrams get through.
+   * this many polls in a row, while 32 or more repairs of datagrams it asked for went out since
+   * it last grew (default 2): its path drops the data (a smaller MTU than the session's, a
+   * filter) while the small control datagrams get through. It then gets no more repairs in this
+   * group or in the groups after it (the same path would drop them); converge carries what it
+   * lacks. A target that receives anything, however slowly, is never given up by this rule.
    */
   maxStalledPolls?: number;
-  /**
-   * Give up on a target once the repairs of datagrams it asked for (by unicast or multicast)
-   * exceed this multiple of the group's datagrams (default 1: one more full pass). Converge
-   * carries what it lacks.
-   */
-  repairBudget?: number;
   /** Overall limit for the report phase (default 5000 ms). */
   reportTimeoutMs?: number;
   /** Collect NACKs this long before deciding multicast vs unicast (default 3 ms). */
@@ -146,7 +142,7 @@ export interface GroupStats {
   igmpUnseenAtStart: number[] | null;
   /** Targets that did not end the group with every datagram (they rely on converge). */
   incomplete: number[];
-  /** Targets given up on while they still answered: no progress (maxStalledPolls) or past the repair budget. */
+  /** Targets given up on while they still answered: no progress over maxStalledPolls polls, here or in an earlier group. */
   stalled: number[];
   firstPassMs: number;
   totalMs: number;
@@ -262,16 +258,21 @@ interface GroupTx {
   sentAt: Float64Array;
   /** Per member target: datagrams it has NACKed at least once (bitmap), for the loss estimate. */
   nackedBy: Map<number, Uint8Array>;
+  /** Per member target: datagrams it asked for whose repair has not gone out since (bitmap). */
+  asked: Map<number, Uint8Array>;
   queue: number[];
   queueHead: number;
   // polling
   complete: Set<number>;
   gaveUp: Set<number>;
   silent: Map<number, number>;
-  /** Per member: repair datagrams sent of those it asked for (unicast to it, or multicast). */
+  /** Per member: repairs sent (unicast to it, or multicast) of datagrams it asked for. */
   repairsTo: Map<number, number>;
-  /** Per member, from its last answer to a poll: the round, its received count, repairsTo then, and polls in a row without progress. */
-  progress: Map<number, { round: number; received: number; repairsTo: number; stalled: number }>;
+  /**
+   * Per member: the round of its last answer to a poll, the most it had received, repairsTo when
+   * that count last grew, and its answers in a row since without growth.
+   */
+  progress: Map<number, { round: number; received: number; repairsAt: number; stalled: number }>;
   pollRound: number;
   nextPollAt: number;
   pollSentAt: number;
@@ -280,7 +281,11 @@ interface GroupTx {
   stats: GroupStats;
 }
 
-/** Repairs a target asked for that must go out between two polls without progress for it to count as stalled. */
+/**
+ * Repairs of datagrams a target asked for that must have gone out, with none of them received,
+ * before it counts as stalled. Independent loss of them all is negligible (0.05^32 at 5% loss);
+ * a receiver that lost a burst (descheduled with its socket buffer full) still receives some.
+ */
 const STALL_EVIDENCE = 32;
 
 /** Sender of one scatter job. `open()` binds its control socket; `run()` performs the scatter. */
@@ -500,6 +505,7 @@ export class ScatterSender {
         lastRepairTo: new Int16Array(nMax).fill(-1),
         sentAt: new Float64Array(nMax),
         nackedBy: new Map(g.targets.map((t) => [t, new Uint8Array(Math.ceil(nMax / 8))])),
+        asked: new Map(g.targets.map((t) => [t, new Uint8Array(Math.ceil(nMax / 8))])),
         queue: [],
         queueHead: 0,
         complete: new Set(),
@@ -774,13 +780,9 @@ export class ScatterSender {
       if (tx.gaveUp.has(who)) return;
       to = this.targets[who]!.peer;
       if (!to) return;
-      this.chargeRepair(tx, who);
+      this.chargeRepair(tx, who, seq);
     } else {
-      // A multicast repair counts for the members that asked for this datagram.
-      for (const m of tx.members) {
-        if (tx.complete.has(m) || tx.gaveUp.has(m)) continue;
-        if (bit(tx.nackedBy.get(m)!, seq)) this.chargeRepair(tx, m);
-      }
+      for (const m of tx.members) if (!tx.gaveUp.has(m)) this.chargeRepair(tx, m, seq);
     }
     this.sendData(tx, seq, Flag.REPAIR, to);
     tx.lastRepairAt[seq] = now;
@@ -796,33 +798,42 @@ export class ScatterSender {
     }
   }
 
-  /** Count a repair of a datagram `target` asked for; past the repair budget, give up on it. */
-  private chargeRepair(tx: GroupTx, target: number): void {
-    const n = (tx.repairsTo.get(target) ?? 0) + 1;
-    tx.repairsTo.set(target, n);
-    if (n > (this.o.repairBudget ?? 1) * tx.nDatagrams) this.giveUpStalled(tx, target);
+  /** A repair of datagram `seq` went out: it counts for `target` if it asked for that datagram since the last one. */
+  private chargeRepair(tx: GroupTx, target: number, seq: number): void {
+    const asked = tx.asked.get(target)!;
+    if (!bit(asked, seq)) return;
+    asked[seq >>> 3]! &= ~(1 << (seq & 7));
+    tx.repairsTo.set(target, (tx.repairsTo.get(target) ?? 0) + 1);
   }
 
   /**
-   * A member's answer to poll `round` with `received` datagrams: a poll with no more received
-   * than the one before, although at least STALL_EVIDENCE repairs it asked for went out since,
-   * counts as stalled. (Fewer prove nothing: at 5% loss the one repair of a target's last missing
-   * datagram is lost twice in a row now and then, and polling on costs little.)
+   * A member's answer to poll `round` with `received` datagrams. An answer with no more received
+   * than before counts as stalled; maxStalledPolls of them in a row, with at least
+   * STALL_EVIDENCE repairs it asked for sent since its count last grew, give up on it. (A few
+   * lost repairs prove nothing: at 5% loss the one repair of a target's last missing datagram is
+   * lost twice in a row now and then, and polling on costs little.)
    */
   private trackProgress(tx: GroupTx, target: number, round: number, received: number): void {
     if (round !== tx.pollRound || tx.gaveUp.has(target)) return;
     const sent = tx.repairsTo.get(target) ?? 0;
     const p = tx.progress.get(target);
     if (p?.round === round) return; // a repeated answer
-    const stalled = !p || received > p.received ? 0 : sent - p.repairsTo >= STALL_EVIDENCE ? p.stalled + 1 : p.stalled;
-    tx.progress.set(target, { round, received, repairsTo: sent, stalled });
-    if (stalled >= (this.o.maxStalledPolls ?? 2)) this.giveUpStalled(tx, target);
+    if (!p || received > p.received) {
+      tx.progress.set(target, { round, received, repairsAt: sent, stalled: 0 });
+      return;
+    }
+    const stalled = p.stalled + 1;
+    tx.progress.set(target, { round, received: p.received, repairsAt: p.repairsAt, stalled });
+    if (stalled >= (this.o.maxStalledPolls ?? 2) && sent - p.repairsAt >= STALL_EVIDENCE) this.giveUpStalled(target);
   }
 
-  private giveUpStalled(tx: GroupTx, target: number): void {
-    if (tx.gaveUp.has(target)) return;
-    tx.gaveUp.add(target);
-    tx.stats.stalled.push(target);
+  /** Stop repairing `target` in every group not yet done: its path drops the data. */
+  private giveUpStalled(target: number): void {
+    for (const tx of this.orderTx) {
+      if (tx.state === GState.Done || !tx.members.includes(target) || tx.gaveUp.has(target) || tx.complete.has(target)) continue;
+      tx.gaveUp.add(target);
+      tx.stats.stalled.push(target);
+    }
   }
 
   private sendControl(kind: Kind, group: number, seq: number, target: number, body?: Buffer): void {
@@ -1117,6 +1128,8 @@ export class ScatterSender {
             tx.queuedAt[seq] = now;
             tx.queue.push(seq);
           } else if (w !== t.index) tx.wantFirst[seq] = -2;
+          const asked = tx.asked.get(t.index)!;
+          asked[seq >>> 3]! |= 1 << (seq & 7);
           // Congestion signal: a target's first NACK of a datagram sent after the last rate
           // cut (losses of datagrams sent before it belong to the episode already answered).
           const mine = tx.nackedBy.get(t.index)!;

@@ -69,6 +69,12 @@ export interface Impairment {
    * headers) are dropped, as a bridge drops frames larger than a port's MTU.
    */
   mtuByIface?: Record<string, number>;
+  /**
+   * Per receiving interface address: the loss rate of datagrams over 1472 bytes (the scatter's
+   * DATA at MTU 9000; its control datagrams are smaller), as for a receiver that keeps losing
+   * data to a full socket buffer while its control messages get through.
+   */
+  bulkLossByIface?: Record<string, number>;
   /** Deterministic PRNG seed. */
   seed?: number;
 }
@@ -131,6 +137,11 @@ export class MemoryNetwork implements ScatterNetwork {
     const i = this.impair;
     const mtu = i.mtuByIface?.[s.iface];
     if (mtu !== undefined && data.length + 28 > mtu) {
+      this.dropped++;
+      return;
+    }
+    const bulkLoss = i.bulkLossByIface?.[s.iface];
+    if (bulkLoss && data.length > 1472 && this.rand() < bulkLoss) {
       this.dropped++;
       return;
     }

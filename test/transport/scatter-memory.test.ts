@@ -229,14 +229,14 @@ describe('scatter over the in-memory network', () => {
     expect(run.result.sender.joinsMissing).toBeGreaterThan(0);
   });
 
-  it('gives up on a target whose path drops the data but not the control (a smaller MTU), within one more pass', async () => {
+  it('gives up on a target whose path drops the data but not the control (a smaller MTU), in every group', async () => {
     const fleet = makeFleet(3000);
     // Target 1's path carries 1500-byte frames: its polls, NACKs and reports get through, the
     // 8 KiB DATA datagrams of the session's MTU 9000 never do.
     const run = await scatter(fleet, { impair: { mtuByIface: { [iface(1)]: 1500 } } });
     const s = run.result.sender;
     const withT1 = s.groups.filter((g) => g.targets.includes(1));
-    expect(withT1.length).toBeGreaterThan(0);
+    expect(withT1.length).toBeGreaterThan(1);
     for (const g of s.groups) {
       expect(g.stalled).toEqual(g.targets.includes(1) ? [1] : []);
       expect(g.incomplete).toEqual(g.targets.includes(1) ? [1] : []);
@@ -244,41 +244,49 @@ describe('scatter over the in-memory network', () => {
     expect(run.result.targets[1]!.reported).toBe(true);
     expect(run.result.targets[1]!.held.length).toBe(0);
     for (const t of [0, 2, 3]) expect(run.result.targets[t]!.complete).toBe(true);
-    // At most one more pass of each of its groups (the repair budget), not a pass per poll round.
-    const firstPass = withT1.reduce((a, g) => a + Math.ceil(g.contents / 2), 0);
+    // Two polls without progress after at least 32 repairs it asked for: given up in the group
+    // where that happened first and, from then on, in every group (no more repairs for it), not
+    // a pass per poll round of every group. So the repairs stay within about three passes of the
+    // first of its groups (its NACKs may also come before a poll) and what the others lost
+    // (unicast to them; none here).
+    const datagrams = (g: (typeof withT1)[number]): number => Math.ceil(g.contents / 2);
     expect(s.repairs).toBeGreaterThan(0);
-    expect(s.repairs).toBeLessThanOrEqual(firstPass + withT1.length);
-    for (const g of withT1) expect(g.pollRounds).toBeLessThanOrEqual(3);
+    expect(s.repairs).toBeLessThanOrEqual(3 * Math.max(...withT1.map(datagrams)) + 64);
     // The evacuation's notes name it and say where to look.
     expect(scatterOutcome(fleet.plan, run.result).notes).toContainEqual(expect.stringMatching(/^repairs stopped for t1: .*check its MTU/));
     expect(scatterOutcome(fleet.plan, run.result).notes).toContainEqual(expect.stringMatching(/^incomplete after repair: t1 /));
   });
 
-  it('without the repair budget, gives up on such a target after two polls without progress', async () => {
-    const fleet = makeFleet(3000);
-    const run = await scatter(fleet, { impair: { mtuByIface: { [iface(1)]: 1500 } }, sender: { repairBudget: 100, maxPollRounds: 8 } });
+  it('gives up on such a target in small groups too (fewer datagrams than the evidence it needs)', async () => {
+    // 200 contents: target 1's groups have 1-30 datagrams each, fewer than the 32 repairs that
+    // count as evidence; they add up over its poll rounds.
+    const fleet = makeFleet(200);
+    for (const g of fleet.plan.groups) if (g.targets.includes(1)) expect(Math.ceil(g.contents.length / 2)).toBeLessThan(32);
+    const run = await scatter(fleet, { impair: { mtuByIface: { [iface(1)]: 1500 } } });
     const s = run.result.sender;
-    const withT1 = s.groups.filter((g) => g.targets.includes(1));
-    // Progress is judged on 32 repairs or more between polls: groups of fewer datagrams poll on
-    // to the limit (8 here, 60 by default; the repair budget is what bounds them by default).
-    const datagrams = (g: (typeof withT1)[number]): number => Math.ceil(g.contents / 2);
-    const big = withT1.filter((g) => datagrams(g) >= 32);
-    const small = withT1.filter((g) => datagrams(g) < 32);
-    expect(big.length).toBeGreaterThan(0);
-    for (const g of big) {
-      expect(g.stalled).toEqual([1]);
-      // A poll sets the mark, the next two show nothing received although repairs went out
-      // (one more when the target's first NACKs came after a poll): given up.
-      expect(g.pollRounds).toBeLessThanOrEqual(4);
-    }
-    for (const g of small) {
-      expect(g.stalled).toEqual([]);
-      expect(g.incomplete).toEqual([1]);
-    }
+    for (const g of s.groups) expect(g.stalled).toEqual(g.targets.includes(1) ? [1] : []);
     for (const t of [0, 2, 3]) expect(run.result.targets[t]!.complete).toBe(true);
-    // A pass per stalled poll for the big groups, one per poll round for the small ones.
-    const bound = big.reduce((a, g) => a + 3 * (datagrams(g) + 1), 0) + small.reduce((a, g) => a + 8 * (datagrams(g) + 1), 0);
-    expect(s.repairs).toBeLessThanOrEqual(bound);
+    // Repairs until 32 went out without one arriving (two polls at least), not 60 poll rounds.
+    for (const g of s.groups) expect(g.pollRounds).toBeLessThan(40);
+  });
+
+  it('never gives up on a target that keeps receiving, however much it loses', async () => {
+    // Target 1 loses 60% of the DATA datagrams that reach it, first passes and repairs alike
+    // (a receiver losing data to a full socket buffer); its control messages get through. Each
+    // poll finds it holding more, so it is repaired to the end: about 1.5 more passes of its
+    // groups. (Charging a target for the repairs it asked for, and giving up past one more pass,
+    // left it without part of every group; a CI run lost 7 contents of a 15-datagram group that
+    // way, to a receiver starved of CPU.)
+    const fleet = makeFleet(3000);
+    const run = await scatter(fleet, { impair: { bulkLossByIface: { [iface(1)]: 0.6 } } });
+    const s = run.result.sender;
+    expect(run.net.dropped).toBeGreaterThan(0);
+    for (const g of s.groups) {
+      expect(g.stalled).toEqual([]);
+      expect(g.incomplete).toEqual([]);
+    }
+    expectExact(fleet, run);
+    expect(scatterOutcome(fleet.plan, run.result).notes.filter((n) => n.startsWith('repairs stopped'))).toEqual([]);
   });
 
   it('confirms its joins on every tick until the sender first answers, then only when they change', async () => {

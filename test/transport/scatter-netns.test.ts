@@ -62,7 +62,11 @@ describe.skipIf(reason !== null && process.env.CI !== 'true')('scatter across ne
         for (const out of r.receivers) {
           const want = Array.from(fleet.needs[out.target]!).filter((id) => !skipped(id));
           expect(out.ended).toBe('bye');
-          expect(out.held).toEqual(want);
+          // On failure, say which of its groups ended without it and how (CI logs are all there is).
+          const why = r.sender.sender.groups
+            .filter((g) => g.incomplete.includes(out.target))
+            .map((g) => `group ${g.id} (${g.datagrams} datagrams sent, ${g.repairs} repairs, ${g.pollRounds} polls${g.stalled.includes(out.target) ? ', given up as stalled' : ''})`);
+          expect(out.held, `target ${out.target} lacks data of ${why.join('; ') || 'no group'}`).toEqual(want);
           expect(out.setDigest).toBe(syntheticDigest(SEED, want));
           if (out.digests) {
             out.digests.forEach((d, i) => {
