@@ -14,7 +14,7 @@ import { ErrorCode, VmsError, isVmsError } from '../errors.js';
 import { ContentIndex } from '../memory/content-index.js';
 import { parsePlan } from '../plan/serialize.js';
 import type { Plan } from '../plan/types.js';
-import { runEvacuation, type EvacuationReport, type VmVerifier } from '../coordinator/evacuation.js';
+import { failureSummary, runEvacuation, type EvacuationReport, type VmVerifier } from '../coordinator/evacuation.js';
 import type { EvacuationEvent } from '../coordinator/events.js';
 import { fleetToWire } from '../coordinator/fleet-wire.js';
 import { callWithRetry, controlCall } from '../coordinator/http-client.js';
@@ -474,7 +474,7 @@ function firstFailure(r: EvacuationReport): { code: string; message: string } {
   const first = bad[0];
   return {
     code: ErrorCode.CONVERGE,
-    message: `${bad.length} of ${r.vms.length} VMs not migrated${first ? `; ${first.name}: ${first.error ?? first.verifyDetail ?? 'not verified'}` : ''}`,
+    message: `${failureSummary(r.vms)}${first ? `; ${first.name}: ${first.error ?? first.verifyDetail ?? 'not verified'}` : ''}`,
   };
 }
 

@@ -8,7 +8,7 @@ import { pino } from 'pino';
 import { mergeConfig, readConfigFile, resolveConfig, type EvacuationConfig } from '../config.js';
 import { simFleetFromConfig, SimTargetHost, verifySimVm, type SimSourceVm } from '../agent/sim-agents.js';
 import { TargetAgent } from '../agent/target-agent.js';
-import { runEvacuation, type EvacuationReport, type EvacuationTarget } from '../coordinator/evacuation.js';
+import { failureSummary, runEvacuation, type EvacuationReport, type EvacuationTarget } from '../coordinator/evacuation.js';
 import { createPlanner } from '../coordinator/planner.js';
 import { createLoopbackScatter } from '../coordinator/loopback-scatter.js';
 import { createProgressView } from './progress.js';
@@ -149,7 +149,7 @@ export function formatSummary(r: EvacuationReport): string {
     .join(', ')}\n`;
   // What the scatter could not do (a failure, targets left to converge, checks skipped).
   for (const n of r.scatter?.notes ?? []) out += `scatter: ${n}\n`;
-  out += r.ok ? `${verdict(r.vms)}\n` : `FAILED: ${r.vms.filter((v) => !v.ok).length} VM(s) not migrated or not identical\n`;
+  out += r.ok ? `${verdict(r.vms)}\n` : `FAILED: ${failureSummary(r.vms)}\n`;
   return out;
 }
 

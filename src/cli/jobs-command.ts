@@ -3,6 +3,7 @@
  * as tables for people or JSON for scripts.
  */
 import type { AgentView, JobView } from '../coordinator/schemas.js';
+import { MOVED_STATES } from '../coordinator/events.js';
 import { ApiClient, type ClientFlags } from './client.js';
 import { formatJobEnd, watchJob } from './evacuate-command.js';
 
@@ -19,7 +20,7 @@ function table(head: string[], rows: string[][]): string {
   return line(head) + line(widths.map((w) => '-'.repeat(w))) + rows.map(line).join('');
 }
 
-const moved = (j: JobView): string => `${j.vms.filter((v) => v.state === 'resumed' || v.state === 'verified').length}/${j.vms.length}`;
+const moved = (j: JobView): string => `${j.vms.filter((v) => MOVED_STATES.has(v.state)).length}/${j.vms.length}`;
 
 export async function jobsCommand(id: string | undefined, flags: JobsFlags): Promise<void> {
   const client = ApiClient.fromFlags(flags);

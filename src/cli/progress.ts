@@ -57,7 +57,7 @@ function lineView(stream: NodeJS.WriteStream): ProgressView {
     onEvent(e) {
       if (e.type === 'phase' && e.state !== 'start')
         stream.write(`${e.phase}: ${e.state === 'skipped' ? 'skipped' : `done in ${(e.ms ?? 0).toFixed(0)} ms`}${e.detail ? ` (${e.detail})` : ''}\n`);
-      else if (e.type === 'vm' && (e.state === 'failed' || e.state === 'verified'))
+      else if (e.type === 'vm' && (e.state === 'failed' || e.state === 'verified' || e.state === 'unverified'))
         stream.write(`  vm ${e.vm}: ${e.state}${e.target ? ` on ${e.target}` : ''}${e.detail ? ` (${e.detail})` : ''}\n`);
     },
     stop() {},

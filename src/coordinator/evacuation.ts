@@ -105,10 +105,29 @@ export interface VmOutcome {
   /** Pages sent again after the first pass, when the VM reports it. */
   resentPages?: number;
   deviceStateBytes?: number;
+  /**
+   * Stopped on its source and resumed on its target: from then on the VM is its target's, even
+   * when `ok` is false because verification failed. False: it keeps running on its source.
+   */
+  switchedOver: boolean;
   verified: boolean;
   /** How it was verified (when verified). */
   verifiedBy?: VerifiedBy;
   verifyDetail?: string;
+}
+
+/**
+ * What went wrong with the VMs that are not ok, telling apart those still on their source from
+ * those switched over whose check failed: "1 of 6 VMs not migrated (running on their source);
+ * 1 switched over but not verified".
+ */
+export function failureSummary(vms: readonly VmOutcome[]): string {
+  const bad = vms.filter((v) => !v.ok);
+  const moved = bad.filter((v) => v.switchedOver).length;
+  const parts: string[] = [];
+  if (bad.length > moved) parts.push(`${bad.length - moved} of ${vms.length} VMs not migrated (running on their source)`);
+  if (moved > 0) parts.push(`${moved}${parts.length ? '' : ` of ${vms.length} VMs`} switched over but not verified (running on their target)`);
+  return parts.join('; ');
 }
 
 export interface EvacuationReport {
@@ -273,7 +292,7 @@ export async function runEvacuation(input: EvacuationInput): Promise<EvacuationR
           if (!r) continue;
           const v = await verify(vm, r);
           verified.set(vm.name, v);
-          emit({ type: 'vm', vm: vm.name, state: v.verified ? 'verified' : 'failed', target: r.target, ...(v.detail ? { detail: v.detail } : {}) });
+          emit({ type: 'vm', vm: vm.name, state: v.verified ? 'verified' : 'unverified', target: r.target, ...(v.detail ? { detail: v.detail } : {}) });
           emit({ type: 'progress', phase: Phase.VERIFY, key: 'all', done: ++done, total: reports.size, unit: 'vms' });
         }
       },
@@ -290,7 +309,7 @@ export async function runEvacuation(input: EvacuationInput): Promise<EvacuationR
     const r = reports.get(vm.name);
     const v = verified.get(vm.name);
     const base = { name: vm.name, target: targetOf(vm.name).name };
-    if (!r) return { ...base, ok: false, error: failures.get(vm.name) ?? 'not migrated', rounds: 0, forced: false, downtimeMs: NaN, wireBytes: 0, plainBytes: 0, pagesWhole: 0, pagesStored: 0, pagesRef: 0, verified: false };
+    if (!r) return { ...base, ok: false, error: failures.get(vm.name) ?? 'not migrated', rounds: 0, forced: false, downtimeMs: NaN, wireBytes: 0, plainBytes: 0, pagesWhole: 0, pagesStored: 0, pagesRef: 0, switchedOver: false, verified: false };
     return {
       ...base,
       ok: input.verify ? v?.verified === true : true,
@@ -305,6 +324,7 @@ export async function runEvacuation(input: EvacuationInput): Promise<EvacuationR
       ...(input.compress ? { compressedFrames: r.stats.compressedFrames, compressSkippedBytes: r.stats.compressSkippedBytes } : {}),
       ...(r.resentPages !== undefined ? { resentPages: r.resentPages } : {}),
       ...(r.deviceStateBytes !== undefined ? { deviceStateBytes: r.deviceStateBytes } : {}),
+      switchedOver: true,
       verified: v?.verified === true,
       ...(v?.verified ? { verifiedBy: v.by ?? 'ram' } : {}),
       ...(v?.detail ? { verifyDetail: v.detail } : {}),

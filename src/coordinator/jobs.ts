@@ -18,7 +18,7 @@ import { planToJson } from '../plan/serialize.js';
 import type { FleetTarget, FleetVm, Plan } from '../plan/types.js';
 import type { AgentRecord, AgentRegistry } from './agents-registry.js';
 import type { EvacuationReport, Planner } from './evacuation.js';
-import type { EvacuationEvent } from './events.js';
+import { MOVED_STATES, type EvacuationEvent } from './events.js';
 import { fleetFromWire } from './fleet-wire.js';
 import { ControlHttpError, controlCall, lines, openStream, sleep } from './http-client.js';
 import { ApiError } from './http-server.js';
@@ -370,7 +370,7 @@ export class JobManager {
         this.finalize(job, lostSource(job, this.o.cfg.coordinator.agentLostAfterMs));
       } else if (a.role === 'target' && job.targets.includes(a.name)) {
         const reason = `no heartbeat from target agent ${a.name} for ${Math.round(this.o.cfg.coordinator.agentLostAfterMs / 1000)} s`;
-        this.push(job, { type: 'job', state: job.state, detail: `target ${a.name} lost: its VMs fail and stay on ${job.source}` });
+        this.push(job, { type: 'job', state: job.state, detail: `target ${a.name} lost: its VMs not yet switched over fail and stay on ${job.source}` });
         void controlCall(this.sourceUrl(job), `/v1/runs/${encodeURIComponent(job.id)}/abort-target`, { body: { target: a.name, reason }, token: this.o.token, peer: `source agent ${job.source}` }).catch((e: unknown) =>
           this.log.warn({ job: job.id, target: a.name, err: (e as Error).message }, 'could not tell the source agent about the lost target'),
         );
@@ -424,7 +424,7 @@ export class JobManager {
         if (e.detail !== undefined) v.detail = e.detail;
         else delete v.detail;
         if (e.state === 'resumed') m.migrations.inc({ result: 'succeeded' });
-        if (e.state === 'failed' && was !== 'resumed' && was !== 'verified') {
+        if (e.state === 'failed' && !MOVED_STATES.has(was)) {
           m.migrations.inc({ result: job.cancelRequested ? 'cancelled' : 'failed' });
           m.drops.inc({ what: 'vm' });
         }
@@ -500,7 +500,7 @@ export class JobManager {
         const v = job.vms.find((x) => x.name === r.name);
         if (!v) continue;
         v.target = r.target;
-        if (!r.ok && v.state !== 'failed' && v.state !== 'resumed') {
+        if (!r.ok && v.state !== 'failed' && !MOVED_STATES.has(v.state)) {
           v.state = 'failed';
           v.detail = r.error ?? r.verifyDetail ?? 'not migrated';
         }
@@ -514,7 +514,7 @@ export class JobManager {
       }
     // Capacity the VMs now take on their targets, until the targets' next heartbeats say so.
     for (const v of job.vms) {
-      if ((v.state !== 'resumed' && v.state !== 'verified') || !v.target) continue;
+      if (!MOVED_STATES.has(v.state) || !v.target) continue;
       const t = this.o.registry.get(v.target);
       if (t) {
         t.usedBytes = (t.usedBytes ?? 0) + v.memoryBytes;
@@ -532,7 +532,7 @@ export class JobManager {
     }
     for (const v of job.vms) if (this.locks.get(`${job.source}/${v.name}`) === job.id) this.locks.delete(`${job.source}/${v.name}`);
     this.o.metrics.jobs.inc({ state });
-    const moved = job.vms.filter((v) => v.state === 'resumed' || v.state === 'verified').length;
+    const moved = job.vms.filter((v) => MOVED_STATES.has(v.state)).length;
     job.detail = `${moved}/${job.vms.length} VMs moved${end.error ? `; ${end.error.message}` : ''}`;
     this.push(job, { type: 'job', state, detail: job.detail });
     this.log.info({ job: job.id, state, moved, vms: job.vms.length, ...(end.error ? { err: end.error.message } : {}) }, 'job ended');

@@ -140,7 +140,10 @@ export const JobVmView = Type.Object({
   name: VmName,
   memoryBytes: Bytes,
   target: Type.Optional(Type.String()),
-  state: Type.String({ description: 'pending | queued | migrating | stopped | resumed | verified | failed' }),
+  state: Type.String({
+    description:
+      'pending | queued | migrating | stopped | resumed | verified | unverified | failed. failed: not migrated, runs on its source; resumed, verified, unverified: switched over, runs on its target (unverified: the check after switchover failed, see detail)',
+  }),
   detail: Type.Optional(Type.String()),
   progress: Type.Optional(Type.Object({ done: Type.Number(), total: Type.Number(), unit: Type.String() })),
 });
