@@ -176,7 +176,7 @@ export async function startAgent(cfg: EvacuationConfig, o: StartAgentOptions = {
     version: VERSION,
     fleet: cfg.agent.fleet,
     ...(data ? { data } : {}),
-    ...(target ? { capacityBytes: cfg.agent.capacityMiB * MiB, ...target.usage(), ...(cfg.agent.maxVms > 0 ? { maxVms: cfg.agent.maxVms } : {}) } : {}),
+    ...(target ? { capacityBytes: cfg.agent.capacityMiB * MiB, ...target.usage(), ...(cfg.agent.maxVms > 0 ? { maxVms: cfg.agent.maxVms } : {}), stores: target.storeJobs() } : {}),
     vms: source?.listVms() ?? target?.listVms() ?? [],
   });
   const app = await buildAgentServer({ token, logger, info, ...(source ? { source } : {}), ...(target ? { target } : {}), ...(reloadGuests ? { reloadGuests } : {}) });
@@ -302,7 +302,7 @@ class CoordinatorLink {
           const i = this.info();
           await controlCall(this.url, `/v1/agents/${encodeURIComponent(i.name)}/heartbeat`, {
             method: 'PUT',
-            body: { ...(i.vms ? { vms: i.vms } : {}), ...(i.usedBytes !== undefined ? { usedBytes: i.usedBytes } : {}), ...(i.vmCount !== undefined ? { vmCount: i.vmCount } : {}) },
+            body: { ...(i.vms ? { vms: i.vms } : {}), ...(i.stores ? { stores: i.stores } : {}), ...(i.usedBytes !== undefined ? { usedBytes: i.usedBytes } : {}), ...(i.vmCount !== undefined ? { vmCount: i.vmCount } : {}) },
             token: this.token,
             peer: 'the coordinator',
             signal,

@@ -69,6 +69,11 @@ export class TargetAgent {
     return st;
   }
 
+  /** Jobs whose content store this agent holds (storePerJob). */
+  storeJobs(): string[] {
+    return [...this.jobStores.keys()];
+  }
+
   /** Forget a finished job's store (storePerJob). */
   dropStore(job: string): boolean {
     return this.jobStores.delete(job);

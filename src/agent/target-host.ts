@@ -297,7 +297,14 @@ export class TargetHost {
   releaseJob(job: string): boolean {
     this.receivers.get(job)?.close();
     this.receivers.delete(job);
-    return this.agent.dropStore(job);
+    const held = this.agent.dropStore(job);
+    if (held) this.opts.logger.info({ job }, 'content store of the ended job released');
+    return held;
+  }
+
+  /** Jobs whose content store this host holds (heartbeats list them; see JobManager.releaseStores). */
+  storeJobs(): string[] {
+    return this.agent.storeJobs();
   }
 
   /**

@@ -27,6 +27,8 @@ export interface RegistryOptions {
   logger: Logger;
   onLost: (a: AgentRecord) => void;
   onBack?: (a: AgentRecord) => void;
+  /** After every registration, heartbeat or successful poll. */
+  onSeen?: (a: AgentRecord) => void;
   now?: () => number;
 }
 
@@ -66,6 +68,7 @@ export class AgentRegistry {
     this.agents.set(reg.name, rec);
     if (!old) this.o.logger.info({ agent: reg.name, agentRole: reg.role, controlUrl: reg.controlUrl }, 'agent registered');
     else if (old.state === 'lost') this.back(rec);
+    this.o.onSeen?.(rec);
     return rec;
   }
 
@@ -74,9 +77,11 @@ export class AgentRegistry {
     if (!rec) return undefined;
     rec.lastSeenAt = this.now();
     if (hb.vms) rec.vms = hb.vms;
+    if (hb.stores) rec.stores = hb.stores;
     if (hb.usedBytes !== undefined) rec.usedBytes = hb.usedBytes;
     if (hb.vmCount !== undefined) rec.vmCount = hb.vmCount;
     if (rec.state === 'lost') this.back(rec);
+    this.o.onSeen?.(rec);
     return rec;
   }
 

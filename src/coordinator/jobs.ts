@@ -112,6 +112,8 @@ export class JobManager {
   private readonly runtime = new Map<string, Runtime>();
   /** `${source}/${vm}` -> job id, for VMs in active jobs. */
   private readonly locks = new Map<string, string>();
+  /** Content stores being released: target + job. */
+  private readonly releasing = new Set<string>();
   private readonly log: Logger;
   private closed = false;
 
@@ -361,6 +363,37 @@ export class JobManager {
     });
   }
 
+  // ---------------------------------------------------------------- content stores
+
+  /**
+   * A target agent registered or sent a heartbeat: release the content stores it still holds of
+   * ended jobs. It could not be reached when the job ended (stopped, cut off, restarting), and
+   * nothing references those stores any more; each can be as large as the job's shared contents.
+   */
+  releaseStores(a: AgentRecord): void {
+    if (a.role !== 'target' || !a.stores?.length) return;
+    for (const id of a.stores) {
+      const job = this.jobs.get(id);
+      if (job && TERMINAL_STATES.has(job.state)) this.releaseStore(a.name, a.controlUrl, id, true);
+    }
+  }
+
+  /** DELETE a job's content store on a target (once at a time); `late`: one left after the job ended. */
+  private releaseStore(target: string, url: string, job: string, late: boolean): void {
+    const key = `${target}\n${job}`;
+    if (this.releasing.has(key)) return;
+    this.releasing.add(key);
+    void controlCall(url, `/v1/jobs/${encodeURIComponent(job)}/store`, { method: 'DELETE', token: this.o.token, peer: `target agent ${target}`, timeoutMs: 5000 })
+      .then(() => {
+        if (late) this.log.info({ job, target }, 'released the content store of an ended job that its target still held');
+      })
+      .catch((e: unknown) => {
+        // At the job's end: absent (no VM went there) or unreachable (its heartbeats will list it).
+        if (late && !(e instanceof ControlHttpError && e.status === 404)) this.log.warn({ job, target, err: (e as Error).message }, 'could not release an ended job\'s content store; retrying on the next heartbeat');
+      })
+      .finally(() => this.releasing.delete(key));
+  }
+
   // ---------------------------------------------------------------- lost agents
 
   onAgentLost(a: AgentRecord): void {
@@ -523,12 +556,10 @@ export class JobManager {
     }
     this.o.slots.releaseJob(job.id);
     // Targets keep a content store per job; nothing references this one any more.
+    // One that cannot be reached now lists it in its heartbeats once it is back (releaseStores).
     for (const t of job.targets) {
       const url = this.o.registry.get(t)?.controlUrl ?? job.agents.targets[t];
-      if (url)
-        void controlCall(url, `/v1/jobs/${encodeURIComponent(job.id)}/store`, { method: 'DELETE', token: this.o.token, peer: `target agent ${t}`, timeoutMs: 5000 }).catch(() => {
-          /* absent (no VM went there) or unreachable: nothing to free */
-        });
+      if (url) this.releaseStore(t, url, job.id, false);
     }
     for (const v of job.vms) if (this.locks.get(`${job.source}/${v.name}`) === job.id) this.locks.delete(`${job.source}/${v.name}`);
     this.o.metrics.jobs.inc({ state });

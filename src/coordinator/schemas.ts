@@ -53,6 +53,11 @@ export const AgentVm = Type.Object({
 });
 export type AgentVm = Static<typeof AgentVm>;
 
+const StoreJobs = Type.Array(Type.String({ minLength: 1, maxLength: 128 }), {
+  maxItems: 10_000,
+  description: 'target: the jobs whose content store it holds (the coordinator releases those of ended jobs)',
+});
+
 const AgentFields = {
   name: HostName,
   role: AgentRole,
@@ -63,6 +68,7 @@ const AgentFields = {
   usedBytes: Type.Optional(Type.Integer({ minimum: 0, description: 'target: memory of the VMs it runs' })),
   vmCount: Type.Optional(Type.Integer({ minimum: 0 })),
   vms: Type.Optional(Type.Array(AgentVm, { maxItems: 100_000 })),
+  stores: Type.Optional(StoreJobs),
   version: Type.Optional(Type.String()),
   fleet: Type.Optional(Type.Union([Type.Literal('sim'), Type.Literal('qemu')], { description: 'what the agent hosts: simulated VMs or QEMU guests (absent: sim)' })),
 };
@@ -73,6 +79,7 @@ export type AgentRegistration = Static<typeof AgentRegistration>;
 export const Heartbeat = Type.Object(
   {
     vms: Type.Optional(Type.Array(AgentVm, { maxItems: 100_000 })),
+    stores: Type.Optional(StoreJobs),
     usedBytes: Type.Optional(Type.Integer({ minimum: 0 })),
     vmCount: Type.Optional(Type.Integer({ minimum: 0 })),
   },

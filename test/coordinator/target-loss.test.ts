@@ -1,13 +1,17 @@
 /**
- * A target lost after a VM switched over to it, before the VM was verified: the VM is no longer
- * its source's (it was resumed on the target), so the job must not report it like a VM that was
- * not migrated and keeps running on its source. Real agents in this process, on loopback.
+ * Targets lost or cut off around a job's end, with real agents in this process, on loopback:
+ *  - a target lost after a VM switched over to it, before the VM was verified: the VM is no
+ *    longer its source's (it was resumed on the target), so the job must not report it like a
+ *    VM that was not migrated and keeps running on its source;
+ *  - a target that still holds an ended job's content store (it could not be reached when the
+ *    job ended) has it released once its heartbeats list it.
  */
 import { pino } from 'pino';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { resolveConfig, type EvacuationConfig } from '../../src/config.js';
 import { startAgent, type AgentHandle } from '../../src/agent/agent-main.js';
 import { buildCoordinator, type CoordinatorApp } from '../../src/coordinator/server.js';
+import { sessionFromPlan, sessionToJson } from '../../src/transport/scatter-session.js';
 import { TOKEN, waitFor, waitForJobEnd } from './harness.js';
 
 const silent = pino({ level: process.env.VMSCATTER_TEST_LOG ?? 'silent' }, pino.destination(2));
@@ -39,6 +43,7 @@ async function agent(role: 'source' | 'target', name: string): Promise<AgentHand
 }
 
 const get = (url: string) => app.inject({ method: 'GET', url, headers: auth });
+let endedJob = '';
 
 beforeAll(async () => {
   app = await buildCoordinator({ config: config({}), logger: silent, slotWaitMs: 2000 });
@@ -63,6 +68,7 @@ it('a VM whose target is lost after switchover is unverified and its target\'s, 
   });
   expect(r.statusCode).toBe(202);
   const id: string = r.json().id;
+  endedJob = id;
   // src-vm0 runs on t2 now; src-vm1 is still on its way to t1, and verification comes after it.
   await waitFor('src-vm0 switched over', async () => (await get(`/v1/jobs/${id}`)).json().vms[0].state === 'resumed', 30_000, 20);
   const during = (await get(`/v1/jobs/${id}`)).json();
@@ -84,3 +90,27 @@ it('a VM whose target is lost after switchover is unverified and its target\'s, 
   expect(end.detail).toMatch(/^2\/2 VMs moved/);
   expect(agents.get('src')!.source!.listVms().map((v) => v.state)).toEqual(['migrated', 'migrated']);
 }, 60_000);
+
+it("an ended job's content store left on a target is released once the target's heartbeat lists it", async () => {
+  expect(endedJob).not.toBe('');
+  const t1 = agents.get('t1')!;
+  // Released when the job ended (the coordinator's DELETE follows the job's end).
+  await waitFor('the job end to release its store on t1', async () => !t1.target!.storeJobs().includes(endedJob), 10_000, 20);
+  // The state a target is left in when the job's end could not reach it (cut off, stopped):
+  // here a late scatter request for the ended job, which opens a store for it.
+  const plan = { targets: ['t1'], groups: [{ id: 0, targets: [0], contents: Uint32Array.of(1, 2, 3) }], order: [0] };
+  const session = sessionToJson(sessionFromPlan(plan, { job: 7, key: null, sender: { address: '127.0.0.1', port: 9 }, mtu: 9000, window: 3 }));
+  const res = await fetch(`${t1.url}/v1/jobs/${endedJob}/scatter`, {
+    method: 'POST',
+    headers: { ...auth, 'content-type': 'application/json' },
+    body: JSON.stringify({ session, target: 0 }),
+  });
+  expect(res.status).toBe(202);
+  expect(t1.target!.storeJobs()).toContain(endedJob);
+  await waitFor('the coordinator to release it', async () => !t1.target!.storeJobs().includes(endedJob), 10_000, 50);
+  // And the next heartbeat says so.
+  await waitFor('t1 to list no store of it', async () => {
+    const view = (await get('/v1/agents')).json().agents.find((a: { name: string }) => a.name === 't1');
+    return !(view.stores as string[]).includes(endedJob);
+  }, 10_000, 50);
+});
