@@ -75,6 +75,8 @@ export const CONTROL_DEFAULTS = {
   stateDir: 'var/coordinator',
   heartbeatIntervalMs: 2000,
   agentLostAfterMs: 6000,
+  /** How long a job waits for its lost source agent to come back before it ends interrupted. */
+  sourceLostGraceMs: 120_000,
   /** KubeVirt's parallelOutboundMigrationsPerNode default. */
   maxOutgoingPerSource: 2,
   maxIncomingPerTarget: 2,
@@ -89,7 +91,13 @@ export const CoordinatorSchema = Type.Object(
     url: Type.String({ pattern: '^https?://', default: CONTROL_DEFAULTS.coordinatorUrl, description: 'where agents and the CLI reach the coordinator' }),
     stateDir: Type.String({ default: CONTROL_DEFAULTS.stateDir, description: 'directory job state is persisted in (restart); "" keeps it in memory only' }),
     heartbeatIntervalMs: Type.Integer({ minimum: 50, maximum: 600_000, default: CONTROL_DEFAULTS.heartbeatIntervalMs, description: 'how often agents report' }),
-    agentLostAfterMs: Type.Integer({ minimum: 100, maximum: 3_600_000, default: CONTROL_DEFAULTS.agentLostAfterMs, description: 'an agent silent this long is lost; its jobs fail' }),
+    agentLostAfterMs: Type.Integer({ minimum: 100, maximum: 3_600_000, default: CONTROL_DEFAULTS.agentLostAfterMs, description: 'an agent silent this long is lost: a lost target fails its VMs, a lost source is waited for (sourceLostGraceMs)' }),
+    sourceLostGraceMs: Type.Integer({
+      minimum: 0,
+      maximum: 86_400_000,
+      default: CONTROL_DEFAULTS.sourceLostGraceMs,
+      description: "how long a job waits for its lost source agent to come back (its run goes on without the coordinator) before it ends interrupted",
+    }),
     maxOutgoingPerSource: Type.Integer({ minimum: 1, maximum: 1024, default: CONTROL_DEFAULTS.maxOutgoingPerSource, description: 'VM migrations out of one source host at once, over all jobs' }),
     maxIncomingPerTarget: Type.Integer({ minimum: 1, maximum: 1024, default: CONTROL_DEFAULTS.maxIncomingPerTarget, description: 'VM migrations into one target host at once, over all jobs' }),
     agents: Type.Array(Type.String({ pattern: '^https?://' }), { default: [], description: 'control URLs of agents the coordinator polls (instead of waiting for them to register)' }),

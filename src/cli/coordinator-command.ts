@@ -18,6 +18,7 @@ export interface CoordinatorFlags {
   maxIncoming?: number;
   heartbeatMs?: number;
   lostAfterMs?: number;
+  sourceGraceMs?: number;
   strategy?: 'graph' | 'greedy' | 'round-robin';
   agent?: string[];
   logLevel?: string;
@@ -35,6 +36,7 @@ export function coordinatorConfig(flags: CoordinatorFlags, env: NodeJS.ProcessEn
       maxIncomingPerTarget: flags.maxIncoming,
       heartbeatIntervalMs: flags.heartbeatMs,
       agentLostAfterMs: flags.lostAfterMs,
+      sourceLostGraceMs: flags.sourceGraceMs,
       agents: flags.agent,
     },
     plan: { strategy: flags.strategy },

@@ -78,13 +78,18 @@ export async function watchJob(client: ApiClient, id: string, _o: { json: boolea
     }
   };
   process.on('SIGINT', onSigint);
+  let first = true;
   try {
     await client.events(
       id,
       (ev) => {
+        // A job's first event says it started (the caller has said so); the later ones say what
+        // happened to it (a lost agent and its return, a cancel, the end).
+        const start = first && ev.type === 'job' && (ev.data as { state: string }).state === 'running';
+        first = false;
         if (ev.type === 'job') {
           const d = ev.data as { state: string; detail?: string };
-          if (d.state !== 'running') process.stderr.write(`job ${id}: ${d.state}${d.detail ? ` (${d.detail})` : ''}\n`);
+          if (!start) process.stderr.write(`job ${id}: ${d.state}${d.detail ? ` (${d.detail})` : ''}\n`);
         } else view.onEvent(ev.data as EvacuationEvent);
       },
       { signal: ac.signal },

@@ -78,6 +78,8 @@ export interface JobRequest {
 
 interface Runtime {
   ac: AbortController;
+  /** When the job's source agent was found lost (performance.now()); cleared when it is back. */
+  sourceLostAt?: number;
   closeStream?: () => void;
   persistTimer?: NodeJS.Timeout;
   subscribers: Set<Subscriber>;
@@ -400,7 +402,20 @@ export class JobManager {
     for (const job of this.jobs.values()) {
       if (TERMINAL_STATES.has(job.state)) continue;
       if (a.role === 'source' && job.source === a.name) {
-        this.finalize(job, lostSource(job, this.o.cfg.coordinator.agentLostAfterMs));
+        // Its run goes on without the coordinator (converge needs none): a source cut off or
+        // stopped for a while finishes VMs the job would otherwise report as never moved. So
+        // the job waits for it (follow() re-attaches) and ends `interrupted` after the grace.
+        const grace = this.o.cfg.coordinator.sourceLostGraceMs;
+        if (grace === 0) {
+          this.finalize(job, lostSource(job, this.o.cfg.coordinator));
+          continue;
+        }
+        this.runtimeOf(job).sourceLostAt = performance.now();
+        this.push(job, {
+          type: 'job',
+          state: job.state,
+          detail: `source agent ${a.name} lost (no heartbeat for ${Math.round(this.o.cfg.coordinator.agentLostAfterMs / 1000)} s): its run goes on without the coordinator; waiting up to ${Math.round(grace / 1000)} s for it to come back`,
+        });
       } else if (a.role === 'target' && job.targets.includes(a.name)) {
         const reason = `no heartbeat from target agent ${a.name} for ${Math.round(this.o.cfg.coordinator.agentLostAfterMs / 1000)} s`;
         this.push(job, { type: 'job', state: job.state, detail: `target ${a.name} lost: its VMs not yet switched over fail and stay on ${job.source}` });
@@ -408,6 +423,17 @@ export class JobManager {
           this.log.warn({ job: job.id, target: a.name, err: (e as Error).message }, 'could not tell the source agent about the lost target'),
         );
       }
+    }
+  }
+
+  /** A lost agent reports again: the jobs that were waiting for it as their source say so. */
+  onAgentBack(a: AgentRecord): void {
+    if (a.role !== 'source') return;
+    for (const job of this.jobs.values()) {
+      const rt = this.runtime.get(job.id);
+      if (TERMINAL_STATES.has(job.state) || job.source !== a.name || rt?.sourceLostAt === undefined) continue;
+      delete rt.sourceLostAt;
+      this.push(job, { type: 'job', state: job.state, detail: `source agent ${a.name} is back: following its run again` });
     }
   }
 
@@ -513,15 +539,15 @@ export class JobManager {
         this.log.debug({ job: job.id, err: (e as Error).message }, 'event stream from the source agent broke');
       }
       if (TERMINAL_STATES.has(job.state)) return;
-      if (this.o.registry.isGone(job.source)) {
-        this.finalize(job, lostSource(job, this.o.cfg.coordinator.agentLostAfterMs));
+      if (this.o.registry.isGone(job.source) && this.sourceSilentMs(job) > this.o.cfg.coordinator.agentLostAfterMs + this.o.cfg.coordinator.sourceLostGraceMs) {
+        this.finalize(job, lostSource(job, this.o.cfg.coordinator));
         return;
       }
       await sleep(Math.min(2000, 100 * 2 ** failures++), rt.ac.signal);
     }
   }
 
-  private finalize(job: Job, end: { state: JobState; report?: EvacuationReport; error?: { code: string; message: string } }): void {
+  private finalize(job: Job, end: { state: JobState; report?: EvacuationReport; error?: { code: string; message: string }; sourceLost?: boolean }): void {
     if (TERMINAL_STATES.has(job.state)) return;
     const state: JobState = job.cancelRequested && (end.state === 'failed' || end.state === 'succeeded') && !end.report?.ok ? 'cancelled' : end.state;
     job.state = state;
@@ -542,8 +568,16 @@ export class JobManager {
     if (end.error) job.error = end.error;
     for (const v of job.vms)
       if (v.state === 'pending' || v.state === 'queued' || v.state === 'migrating') {
+        const was = v.state;
         v.state = 'failed';
-        v.detail = state === 'cancelled' ? 'not migrated: job cancelled; the VM kept running on its source' : `not migrated: ${end.error?.message ?? state}`;
+        v.detail =
+          state === 'cancelled'
+            ? 'not migrated: job cancelled; the VM kept running on its source'
+            : end.sourceLost
+              ? was === 'migrating'
+                ? `migrating when source agent ${job.source} was lost: it may have switched over since`
+                : `not migrated: source agent ${job.source} lost`
+              : `not migrated: ${end.error?.message ?? state}`;
       }
     // Capacity the VMs now take on their targets, until the targets' next heartbeats say so.
     for (const v of job.vms) {
@@ -659,6 +693,12 @@ export class JobManager {
     return job;
   }
 
+  /** How long the job's source agent has been silent (never heard of: forever). */
+  private sourceSilentMs(job: Job): number {
+    const a = this.o.registry.get(job.source);
+    return a ? Date.now() - a.lastSeenAt : Infinity;
+  }
+
   private sourceUrl(job: Job): string {
     return this.o.registry.get(job.source)?.controlUrl ?? job.agents.source;
   }
@@ -699,12 +739,14 @@ export class JobManager {
   }
 }
 
-function lostSource(job: Job, lostAfterMs: number): { state: JobState; error: { code: string; message: string } } {
+function lostSource(job: Job, c: { agentLostAfterMs: number; sourceLostGraceMs: number }): { state: JobState; error: { code: string; message: string }; sourceLost: true } {
+  const silent = Math.round((c.agentLostAfterMs + c.sourceLostGraceMs) / 1000);
   return {
-    state: job.cancelRequested ? 'cancelled' : 'failed',
+    sourceLost: true,
+    state: job.cancelRequested ? 'cancelled' : 'interrupted',
     error: {
       code: ErrorCode.AGENT,
-      message: `source agent ${job.source} lost (no heartbeat for ${Math.round(lostAfterMs / 1000)} s); VMs it did not switch over stay on it (the agent resumes any VM it stopped)`,
+      message: `source agent ${job.source} lost (no heartbeat for ${silent} s): what its run did since is unknown here; VMs it did not switch over stay on it (the agent resumes any VM it stopped), and VMs still migrating when it was lost may have switched over since`,
     },
   };
 }

@@ -90,6 +90,7 @@ export async function buildCoordinator(opts: CoordinatorOptions): Promise<Coordi
     token,
     logger,
     onLost: (a) => jobs.onAgentLost(a),
+    onBack: (a) => jobs.onAgentBack(a),
     onSeen: (a) => jobs.releaseStores(a),
   });
   const metrics = createMetrics({ jobsByState: () => jobs.countsByState(), agents: () => registry.list(), slots: () => slots.usage() });

@@ -7,6 +7,8 @@
  *    under per-host limits (at most 2 outgoing per source, 1 incoming per target);
  *  - cancel mid-converge: every source VM keeps running;
  *  - a target that stops answering (SIGSTOP) is found lost, its VM's job fails, the source runs;
+ *  - a source that stops answering is lost, and its job waits for it: back, the job ends with
+ *    what its run did;
  *  - the coordinator is killed mid-job and restarted: it re-attaches and the job's end is visible.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -59,6 +61,8 @@ function startCoordinator(): Proc {
     '2',
     '--max-incoming',
     '1',
+    '--source-grace-ms',
+    '60000',
     '--log-level',
     'info',
   ]);
@@ -222,4 +226,28 @@ describe('coordinator and agents as processes on loopback', () => {
     // Agents registered again with the new coordinator.
     await waitFor('agents back', async () => (await agentsNow()).filter((a) => a.state === 'ready').length >= 5, 20_000);
   }, 150_000);
+
+  it('a source that stops answering is waited for; back, its job ends with what its run did', async () => {
+    const r = await api<Job>(url, '/v1/migrations', { body: { pairs: [{ vm: 's3-vm3', target: 't1' }] } });
+    expect(r.status).toBe(202);
+    const id = r.body.id;
+    await migrating(id);
+    const s3 = procs.find((p) => p.name === 's3')!;
+    process.kill(s3.child.pid!, 'SIGSTOP');
+    try {
+      await waitFor('s3 to be lost', async () => (await agentsNow()).find((a) => a.name === 's3')?.state === 'lost', LOST_AFTER_MS * 4, 100);
+      // Its run goes on without the coordinator (here it is merely stopped): the job waits.
+      await new Promise((res) => setTimeout(res, 500));
+      expect((await job(id)).state).toBe('running');
+    } finally {
+      process.kill(s3.child.pid!, 'SIGCONT');
+    }
+    const end = await jobEnd(id, 60_000);
+    expect(end.state, JSON.stringify(end.error)).toBe('succeeded');
+    expect(end.vms[0]).toMatchObject({ name: 's3-vm3', target: 't1', state: 'verified' });
+    expect((await sourceVms('s3')).find((v) => v.name === 's3-vm3')?.state).toBe('migrated');
+    const details = (await readSse(`${url}/v1/jobs/${id}/events`, TOKEN)).filter((m) => m.event === 'job').map((m) => String(m.data.detail));
+    expect(details).toContainEqual(expect.stringMatching(/^source agent s3 lost .*waiting up to 60 s for it to come back$/));
+    expect(details).toContainEqual('source agent s3 is back: following its run again');
+  }, 90_000);
 });
