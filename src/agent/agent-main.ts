@@ -302,7 +302,7 @@ class CoordinatorLink {
           const i = this.info();
           await controlCall(this.url, `/v1/agents/${encodeURIComponent(i.name)}/heartbeat`, {
             method: 'PUT',
-            body: { ...(i.vms ? { vms: i.vms } : {}), ...(i.stores ? { stores: i.stores } : {}), ...(i.usedBytes !== undefined ? { usedBytes: i.usedBytes } : {}), ...(i.vmCount !== undefined ? { vmCount: i.vmCount } : {}) },
+            body: { controlUrl: i.controlUrl, ...(i.vms ? { vms: i.vms } : {}), ...(i.stores ? { stores: i.stores } : {}), ...(i.usedBytes !== undefined ? { usedBytes: i.usedBytes } : {}), ...(i.vmCount !== undefined ? { vmCount: i.vmCount } : {}) },
             token: this.token,
             peer: 'the coordinator',
             signal,
@@ -315,10 +315,16 @@ class CoordinatorLink {
           registered = false; // the coordinator restarted without us
           continue;
         }
+        // Our name was taken over meanwhile (we were lost): register again, which says by whom.
+        if (registered && isVmsError(e) && e.code === ErrorCode.CONFLICT) {
+          registered = false;
+          continue;
+        }
         const now = Date.now();
         if (now - lastComplaint > 30_000) {
           lastComplaint = now;
-          this.log.warn({ err: (e as Error).message }, isVmsError(e) && e.code === ErrorCode.UNAUTHORIZED ? 'the coordinator refuses our token' : 'coordinator unreachable; retrying');
+          const why = !isVmsError(e) ? 'coordinator unreachable; retrying' : e.code === ErrorCode.UNAUTHORIZED ? 'the coordinator refuses our token' : e.code === ErrorCode.CONFLICT ? 'the coordinator refuses our registration; retrying' : 'coordinator unreachable; retrying';
+          this.log.warn({ err: (e as Error).message }, why);
         }
       }
       await sleep(this.intervalMs, signal);

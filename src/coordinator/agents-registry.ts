@@ -64,6 +64,14 @@ export class AgentRegistry {
     if (old && old.role !== reg.role)
       throw new ApiError(409, ErrorCode.CONFLICT, `an agent named ${reg.name} is already registered as a ${old.role} agent (at ${old.controlUrl}); agent names must be unique across roles`);
     const now = this.now();
+    // Two live agents under one name (two hosts with one hostname, the default name) would take
+    // turns: one's address, the other's heartbeats and usage. The first keeps it until it is lost.
+    if (old && old.state === 'ready' && old.controlUrl !== reg.controlUrl)
+      throw new ApiError(
+        409,
+        ErrorCode.CONFLICT,
+        `an agent named ${reg.name} is already registered at ${old.controlUrl} (last seen ${((now - old.lastSeenAt) / 1000).toFixed(1)} s ago); agent names must be unique: start the one at ${reg.controlUrl} with another --name (the name is taken over once the other has been silent for ${Math.round(this.o.lostAfterMs / 1000)} s)`,
+      );
     const rec: AgentRecord = { ...reg, state: 'ready', static: isStatic || (old?.static ?? false), registeredAt: old?.registeredAt ?? now, lastSeenAt: now };
     this.agents.set(reg.name, rec);
     if (!old) this.o.logger.info({ agent: reg.name, agentRole: reg.role, controlUrl: reg.controlUrl }, 'agent registered');
@@ -72,9 +80,11 @@ export class AgentRegistry {
     return rec;
   }
 
-  heartbeat(name: string, hb: Heartbeat): AgentRecord | undefined {
+  /** Undefined: no such agent (it must register); 'other': the name is registered from another address. */
+  heartbeat(name: string, hb: Heartbeat): AgentRecord | 'other' | undefined {
     const rec = this.agents.get(name);
     if (!rec) return undefined;
+    if (hb.controlUrl !== undefined && hb.controlUrl !== rec.controlUrl) return 'other';
     rec.lastSeenAt = this.now();
     if (hb.vms) rec.vms = hb.vms;
     if (hb.stores) rec.stores = hb.stores;
@@ -148,7 +158,8 @@ export class AgentRegistry {
             const info = await controlCall<AgentRegistration>(url, '/v1/agent', { token: this.o.token, peer: 'agent', timeoutMs: Math.max(1000, this.o.lostAfterMs / 2) });
             this.register({ ...info, controlUrl: info.controlUrl || url }, true);
           } catch (e) {
-            this.o.logger.debug({ url, err: (e as Error).message }, 'static agent poll failed');
+            if (e instanceof ApiError) this.o.logger.warn({ url, err: e.message }, 'static agent refused');
+            else this.o.logger.debug({ url, err: (e as Error).message }, 'static agent poll failed');
           }
         }),
       );

@@ -78,6 +78,7 @@ export type AgentRegistration = Static<typeof AgentRegistration>;
 
 export const Heartbeat = Type.Object(
   {
+    controlUrl: Type.Optional(Type.String({ description: 'the agent\'s control URL as registered: another agent under its name is refused' })),
     vms: Type.Optional(Type.Array(AgentVm, { maxItems: 100_000 })),
     stores: Type.Optional(StoreJobs),
     usedBytes: Type.Optional(Type.Integer({ minimum: 0 })),

@@ -167,7 +167,9 @@ export async function buildCoordinator(opts: CoordinatorOptions): Promise<Coordi
     '/v1/agents/:name/heartbeat',
     { schema: { tags: ['agents'], summary: 'an agent is alive; 404 tells it to register again', params: Type.Object({ name: HostName }), body: Heartbeat, response: { 204: Type.Null(), ...errorReplies(400, 404) } } },
     async (req, reply) => {
-      if (!registry.heartbeat(req.params.name, req.body)) return sendError(reply, 404, ErrorCode.NOT_FOUND, `no agent named ${req.params.name} is registered; register first (POST /v1/agents)`);
+      const rec = registry.heartbeat(req.params.name, req.body);
+      if (!rec) return sendError(reply, 404, ErrorCode.NOT_FOUND, `no agent named ${req.params.name} is registered; register first (POST /v1/agents)`);
+      if (rec === 'other') return sendError(reply, 409, ErrorCode.CONFLICT, `the agent named ${req.params.name} is registered from another address; register again (POST /v1/agents)`);
       return reply.code(204).send(null);
     },
   );

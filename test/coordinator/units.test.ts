@@ -112,6 +112,25 @@ describe('AgentRegistry', () => {
     expect(r.list().map((a) => a.name)).toEqual(['s1', 't1']);
   });
 
+  it('refuses a second live agent under a taken name; the name passes on once the first is lost', () => {
+    let now = 1000;
+    const r = new AgentRegistry({ lostAfterMs: 500, pollIntervalMs: 100, staticAgents: [], token: 'x', logger: silent, onLost: () => {}, now: () => now });
+    r.register({ name: 't1', role: 'target', controlUrl: 'http://a:1' });
+    // Two hosts with one hostname (the default name): the second is refused, and says why.
+    expect(() => r.register({ name: 't1', role: 'target', controlUrl: 'http://b:1' })).toThrow(/an agent named t1 is already registered at http:\/\/a:1 .*start the one at http:\/\/b:1 with another --name/);
+    expect(r.get('t1')?.controlUrl).toBe('http://a:1');
+    // The same agent registering again (a coordinator that forgot it) is fine.
+    r.register({ name: 't1', role: 'target', controlUrl: 'http://a:1', usedBytes: 3 });
+    expect(r.heartbeat('t1', { controlUrl: 'http://a:1', usedBytes: 4 })).toMatchObject({ usedBytes: 4 });
+    // Lost: another agent may take the name, and then the first one's heartbeats are refused
+    // (it registers again and is told the name is taken) instead of mixing into its record.
+    now += 600;
+    r.checkLiveness();
+    r.register({ name: 't1', role: 'target', controlUrl: 'http://b:1', usedBytes: 7 });
+    expect(r.heartbeat('t1', { controlUrl: 'http://a:1', usedBytes: 1 })).toBe('other');
+    expect(r.get('t1')).toMatchObject({ controlUrl: 'http://b:1', usedBytes: 7, state: 'ready' });
+  });
+
   it("logs registrations and losses with the agent's role next to the coordinator's own, not over it", () => {
     const out = new PassThrough();
     const lines: string[] = [];
