@@ -177,7 +177,7 @@ export function resolveConfig(input: unknown, source = 'configuration'): Evacuat
         const extra = e.keyword === 'additionalProperties' ? ` (${String((e.params as { additionalProperties?: string[] }).additionalProperties ?? '')})` : '';
         return `${e.instancePath || '/'} ${e.message}${extra}`;
       });
-    throw new VmsError(ErrorCode.CONFIG, `${source} is invalid: ${problems.join('; ')}`);
+    throw new VmsError(ErrorCode.CONFIG, `invalid ${source}: ${problems.join('; ')}`);
   }
   return value as EvacuationConfig;
 }

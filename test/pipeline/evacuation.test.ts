@@ -8,7 +8,7 @@ import type { SourceVm } from '../../src/agent/source-vm.js';
 import { MigrationPriority, TURN_AFTER_PASSES } from '../../src/agent/migration-priority.js';
 import { TargetAgent } from '../../src/agent/target-agent.js';
 import { resolveConfig } from '../../src/config.js';
-import { demoConfig, runSimEvacuation } from '../../src/cli/demo-command.js';
+import { checkDemoFits, demoConfig, runSimEvacuation } from '../../src/cli/demo-command.js';
 import { ErrorCode, VmsError } from '../../src/errors.js';
 import { ContentIndex } from '../../src/memory/content-index.js';
 import { ContentSet } from '../../src/memory/content-set.js';
@@ -309,6 +309,19 @@ describe('vmscatter demo --json', () => {
     };
     expect(err.code).toBe(2);
     expect(err.stderr).toMatch(/fleet\/vms must be >= 1/);
+  });
+
+  it('refuses a fleet the machine cannot hold, before starting anything', async () => {
+    // 4096 x 64 GiB: the schema allows it, no machine holds the ~150 TiB it would need.
+    const err = (await promisify(execFile)(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'demo', '--vms', '4096', '--memory-mib', '65536'], { cwd: process.cwd() }).catch((e: unknown) => e)) as {
+      code: number;
+      stderr: string;
+    };
+    expect(err.code).toBe(2);
+    expect(err.stderr).toMatch(/4096 VMs x 65536 MiB needs about 157286\.9 GiB here .*use fewer or smaller VMs/);
+    // The default fleet fits a machine of 4 GiB; 8 x 4 GiB needs about 20 GiB.
+    expect(() => checkDemoFits(demoConfig({}), 4 * 2 ** 30)).not.toThrow();
+    expect(() => checkDemoFits(demoConfig({ memoryMib: 4096 }), 16 * 2 ** 30)).toThrow(/needs about 19\.7 GiB/);
   });
 
   it('takes --downtime-limit-ms into the migration config, and rejects a bad one before starting anything', async () => {
