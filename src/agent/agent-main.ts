@@ -164,7 +164,14 @@ export async function startAgent(cfg: EvacuationConfig, o: StartAgentOptions = {
       ...(qemu && cfg.agent.stateDir ? { stateDir: join(cfg.agent.stateDir, name) } : {}),
     });
     await target.restore();
-    const a = await target.listen();
+    let a: { port: number };
+    try {
+      a = await target.listen();
+    } catch (e) {
+      await target.close().catch(() => {});
+      await release();
+      throw new VmsError(ErrorCode.CONFIG, `agent cannot listen for converge connections on ${cfg.agent.dataListen} (--data-listen): ${(e as Error).message}`, { cause: e });
+    }
     data = { host: advertised(cfg, dl.host), port: a.port };
   }
 

@@ -23,6 +23,7 @@ import { formatSummary } from '../../src/cli/demo-command.js';
 import type { EvacuationReport } from '../../src/coordinator/evacuation.js';
 import type { MigrationHooks, SourceVm } from '../../src/agent/source-vm.js';
 import { PassThrough } from 'node:stream';
+import { createServer, type AddressInfo } from 'node:net';
 
 const silent = pino({ level: 'silent' });
 
@@ -340,6 +341,21 @@ describe('agent start-up', () => {
     await expect(startAgent(cfg('source', { interface: '198.51.100.250' }), { logger: silent })).rejects.toThrow(/multicast network, or --no-scatter$/);
     const off = await startAgent(cfg('source', { interface: '198.51.100.250', enabled: false }), { logger: silent });
     await off.close();
+  });
+
+  it('a target whose converge port is taken says so, and a second start on freed ports works', async () => {
+    const silent = pino({ level: 'silent' });
+    const busy = createServer();
+    await new Promise<void>((r) => busy.listen(0, '127.0.0.1', r));
+    const port = (busy.address() as AddressInfo).port;
+    const cfg = resolveConfig({ auth: { token: 't'.repeat(16) }, agent: { role: 'target', name: 't-busy', listen: '127.0.0.1:0', dataListen: `127.0.0.1:${port}`, register: false } });
+    try {
+      await expect(startAgent(cfg, { logger: silent })).rejects.toThrow(new RegExp(`^agent cannot listen for converge connections on 127\\.0\\.0\\.1:${port} \\(--data-listen\\): listen EADDRINUSE`));
+    } finally {
+      await new Promise((r) => busy.close(r));
+    }
+    const ok = await startAgent(cfg, { logger: silent });
+    await ok.close();
   });
 });
 
