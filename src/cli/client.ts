@@ -78,7 +78,11 @@ export class ApiClient {
    * Follow a job's server-sent events until its final `job` event. A dropped connection is
    * resumed after the last event seen (a coordinator restart looks like that too).
    */
-  async events(id: string, onEvent: (e: SseEvent) => void, o: { signal?: AbortSignal; reconnectForMs?: number } = {}): Promise<void> {
+  async events(
+    id: string,
+    onEvent: (e: SseEvent) => void,
+    o: { signal?: AbortSignal; reconnectForMs?: number; /** Once per outage, when the coordinator cannot be reached. */ onUnreachable?: (err: Error, forMs: number) => void } = {},
+  ): Promise<void> {
     let last = 0;
     let downSince: number | undefined;
     const reconnectForMs = o.reconnectForMs ?? 60_000;
@@ -111,7 +115,10 @@ export class ApiClient {
         if (o.signal?.aborted) return;
         const err = explain(e, this.baseUrl);
         if (err.code !== ErrorCode.UNREACHABLE) throw err;
-        downSince ??= Date.now();
+        if (downSince === undefined) {
+          downSince = Date.now();
+          o.onUnreachable?.(err, reconnectForMs);
+        }
         if (Date.now() - downSince > reconnectForMs) throw err;
       }
       // The stream ended without the final event (the coordinator restarted): resume after `last`.

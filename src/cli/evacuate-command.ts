@@ -92,7 +92,11 @@ export async function watchJob(client: ApiClient, id: string, _o: { json: boolea
           if (!start) process.stderr.write(`job ${id}: ${d.state}${d.detail ? ` (${d.detail})` : ''}\n`);
         } else view.onEvent(ev.data as EvacuationEvent);
       },
-      { signal: ac.signal },
+      {
+        signal: ac.signal,
+        onUnreachable: (err, forMs) =>
+          process.stderr.write(`lost the coordinator (${err.message}); the job goes on without it; reconnecting for up to ${Math.round(forMs / 1000)} s\n`),
+      },
     );
   } finally {
     view.stop();
