@@ -102,6 +102,12 @@ export async function startAgent(cfg: EvacuationConfig, o: StartAgentOptions = {
     for (const a of adopted) a.close();
     if (runDir !== undefined) await rm(runDir, { recursive: true, force: true });
   };
+  /** A listen failed: let go of what was started, and say which address. */
+  const cannotListen = async (what: string, e: unknown): Promise<never> => {
+    await target?.close().catch(() => {});
+    await release();
+    throw new VmsError(ErrorCode.CONFIG, `agent cannot listen ${what}: ${(e as Error).message}`, { cause: e });
+  };
   let data: { host: string; port: number } | undefined;
   if (role === 'source') {
     let hosted: HostedVm[];
@@ -164,14 +170,7 @@ export async function startAgent(cfg: EvacuationConfig, o: StartAgentOptions = {
       ...(qemu && cfg.agent.stateDir ? { stateDir: join(cfg.agent.stateDir, name) } : {}),
     });
     await target.restore();
-    let a: { port: number };
-    try {
-      a = await target.listen();
-    } catch (e) {
-      await target.close().catch(() => {});
-      await release();
-      throw new VmsError(ErrorCode.CONFIG, `agent cannot listen for converge connections on ${cfg.agent.dataListen} (--data-listen): ${(e as Error).message}`, { cause: e });
-    }
+    const a = await target.listen().catch((e: unknown) => cannotListen(`for converge connections on ${cfg.agent.dataListen} (--data-listen)`, e));
     data = { host: advertised(cfg, dl.host), port: a.port };
   }
 
@@ -190,9 +189,7 @@ export async function startAgent(cfg: EvacuationConfig, o: StartAgentOptions = {
   try {
     await app.listen({ host: listen.host, port: listen.port });
   } catch (e) {
-    await target?.close();
-    await release();
-    throw new VmsError(ErrorCode.CONFIG, `agent cannot listen on ${cfg.agent.listen}: ${(e as Error).message}`, { cause: e });
+    await cannotListen(`on ${cfg.agent.listen}`, e);
   }
   const addr = app.server.address();
   const port = typeof addr === 'object' && addr ? addr.port : listen.port;
@@ -330,7 +327,8 @@ class CoordinatorLink {
         const now = Date.now();
         if (now - lastComplaint > 30_000) {
           lastComplaint = now;
-          const why = !isVmsError(e) ? 'coordinator unreachable; retrying' : e.code === ErrorCode.UNAUTHORIZED ? 'the coordinator refuses our token' : e.code === ErrorCode.CONFLICT ? 'the coordinator refuses our registration; retrying' : 'coordinator unreachable; retrying';
+          const code = isVmsError(e) ? e.code : undefined;
+          const why = code === ErrorCode.UNAUTHORIZED ? 'the coordinator refuses our token' : code === ErrorCode.CONFLICT ? 'the coordinator refuses our registration; retrying' : 'coordinator unreachable; retrying';
           this.log.warn({ err: (e as Error).message }, why);
         }
       }

@@ -4,6 +4,7 @@
  * apart so tests can check docker-compose.yml's commands against the real option lists.
  */
 import { Command, Option } from 'commander';
+import { CONTROL_DEFAULTS } from '../config.js';
 import { ErrorCode, VmsError } from '../errors.js';
 import { agentCommand } from './agent-command.js';
 import { coordinatorCommand } from './coordinator-command.js';
@@ -35,7 +36,7 @@ export function registerServiceCommands(program: Command): Command {
     .option('--max-incoming <n>', 'VM migrations into one target host at once, over all jobs', intArg)
     .option('--heartbeat-ms <ms>', 'agent heartbeat interval', intArg)
     .option('--lost-after-ms <ms>', 'an agent silent this long is lost (a lost target fails its VMs)', intArg)
-    .option('--source-grace-ms <ms>', "how long a job waits for its lost source agent to come back before it ends interrupted (default 120000)", intArg)
+    .option('--source-grace-ms <ms>', `how long a job waits for its lost source agent to come back before it ends interrupted (default ${CONTROL_DEFAULTS.sourceLostGraceMs})`, intArg)
     .addOption(new Option('--strategy <name>', 'default placement strategy').choices(STRATEGIES))
     .option('--agent <url>', 'control URL of an agent to poll instead of waiting for it to register (repeatable)', collect)
     .addOption(new Option('--log-level <level>', 'log level (logs: JSON on stderr)').choices(LOG_LEVELS))

@@ -78,8 +78,8 @@ export interface JobRequest {
 
 interface Runtime {
   ac: AbortController;
-  /** When the job's source agent was found lost (performance.now()); cleared when it is back. */
-  sourceLostAt?: number;
+  /** The job's source agent was found lost and has not reported since. */
+  sourceLost?: boolean;
   closeStream?: () => void;
   persistTimer?: NodeJS.Timeout;
   subscribers: Set<Subscriber>;
@@ -410,7 +410,7 @@ export class JobManager {
           this.finalize(job, lostSource(job, this.o.cfg.coordinator));
           continue;
         }
-        this.runtimeOf(job).sourceLostAt = performance.now();
+        this.runtimeOf(job).sourceLost = true;
         this.push(job, {
           type: 'job',
           state: job.state,
@@ -431,8 +431,8 @@ export class JobManager {
     if (a.role !== 'source') return;
     for (const job of this.jobs.values()) {
       const rt = this.runtime.get(job.id);
-      if (TERMINAL_STATES.has(job.state) || job.source !== a.name || rt?.sourceLostAt === undefined) continue;
-      delete rt.sourceLostAt;
+      if (TERMINAL_STATES.has(job.state) || job.source !== a.name || !rt?.sourceLost) continue;
+      delete rt.sourceLost;
       this.push(job, { type: 'job', state: job.state, detail: `source agent ${a.name} is back: following its run again` });
     }
   }
