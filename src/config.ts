@@ -53,6 +53,10 @@ export const ScatterSchema = Type.Object(
     groupPool: Type.String({ default: '239.192.0.0/14', description: 'multicast addresses for groups (organization-local scope)' }),
     rateMBps: Type.Number({ minimum: 1, default: 100, description: 'sender ceiling, MB/s' }),
     mtu: Type.Integer({ minimum: 576, maximum: 65535, default: 9000, description: 'MTU of the multicast path: 9000 sends two pages per datagram, 1500 page fragments' }),
+    udpOffload: Type.Boolean({
+      default: true,
+      description: 'Linux UDP offloads: the sender sends several datagrams per system call (GSO), receivers read them at once (GRO); off or unavailable, one per call',
+    }),
   },
   { additionalProperties: false },
 );

@@ -166,6 +166,7 @@ export async function startAgent(cfg: EvacuationConfig, o: StartAgentOptions = {
       port: dl.port,
       logger,
       scatterInterface: cfg.scatter.interface,
+      scatterUdpOffload: cfg.scatter.udpOffload,
       qemu,
       ...(qemu && cfg.agent.stateDir ? { stateDir: join(cfg.agent.stateDir, name) } : {}),
     });

@@ -41,6 +41,7 @@ export function createRemoteScatter(o: { job: string; cfg: EvacuationConfig['sca
         contentBytes: (id) => index.contentBytes(id),
         iface: o.cfg.interface,
         rateBytesPerSec: o.cfg.rateMBps * 1e6,
+        udpOffload: o.cfg.udpOffload,
         onProgress: (p) => ctx.onProgress(p.bytesSent, p.bytesTotal),
       });
       const wire = sessionToJson(sender.session);

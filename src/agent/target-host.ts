@@ -37,6 +37,8 @@ export interface TargetHostOptions {
   logger: Logger;
   /** Interface address multicast is received on (the scatter). */
   scatterInterface?: string;
+  /** Coalesced reads of the scatter's datagrams (UDP GRO; default true). */
+  scatterUdpOffload?: boolean;
   /** Receive QEMU guests (a target QEMU per incoming VM) instead of simulated VMs. */
   qemu?: boolean;
   /**
@@ -283,7 +285,13 @@ export class TargetHost {
   async openScatter(job: string, session: unknown, target: number): Promise<number[]> {
     this.receivers.get(job)?.close();
     const s = sessionFromJson(session);
-    const r = await ScatterReceiver.open({ session: s, target, store: this.agent.storeFor(job), iface: this.opts.scatterInterface ?? '127.0.0.1' });
+    const r = await ScatterReceiver.open({
+      session: s,
+      target,
+      store: this.agent.storeFor(job),
+      iface: this.opts.scatterInterface ?? '127.0.0.1',
+      udpOffload: this.opts.scatterUdpOffload ?? true,
+    });
     this.receivers.set(job, r);
     const log = this.opts.logger.child({ job, target: this.name });
     void r.done.then((res) => {

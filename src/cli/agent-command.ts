@@ -29,6 +29,7 @@ export interface AgentFlags {
   scatter?: boolean;
   scatterInterface?: string;
   scatterRateMbps?: number;
+  udpOffload?: boolean;
   mtu?: number;
   logLevel?: string;
 }
@@ -75,7 +76,13 @@ export function agentConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = process.
     fleet: fleet?.fleet,
     migration: { maxBandwidthMiBps: flags.maxBandwidthMibps, compress: flags.compress },
     // commander defaults --no-scatter's value to true: only an explicit --no-scatter counts.
-    scatter: { enabled: flags.scatter === false ? false : undefined, interface: flags.scatterInterface, mtu: flags.mtu, rateMBps: flags.scatterRateMbps },
+    scatter: {
+      enabled: flags.scatter === false ? false : undefined,
+      interface: flags.scatterInterface,
+      mtu: flags.mtu,
+      rateMBps: flags.scatterRateMbps,
+      udpOffload: flags.udpOffload === false ? false : undefined,
+    },
     log: { level: flags.logLevel },
   };
   return resolveConfig(mergeConfig(file ? readConfigFile(file) : {}, envConfig(env), fromFlags), file ? `config ${file} with environment and flags` : 'environment and flags');

@@ -63,6 +63,7 @@ export function registerServiceCommands(program: Command): Command {
     .option('--mtu <bytes>', 'MTU of the multicast path (9000: two pages per datagram)', intArg)
     .option('--scatter-rate-mbps <n>', "source: the multicast sender's ceiling, MB/s (default 100); it starts at half and backs off when receivers lose datagrams", Number)
     .option('--no-scatter', 'source: skip the multicast scatter (converge carries every page)')
+    .option('--no-udp-offload', 'send (source) or read (target) the scatter one datagram per system call, without Linux UDP GSO/GRO')
     .option('--no-register', 'do not register with the coordinator (it polls this agent: coordinator --agent URL)')
     .option('--config <file>', 'JSON config file (default: VMSCATTER_CONFIG)')
     .addOption(new Option('--log-level <level>', 'log level (logs: JSON on stderr)').choices(LOG_LEVELS))

@@ -24,7 +24,8 @@ export function createLoopbackScatter(cfg: EvacuationConfig['scatter'], agents: 
       stores,
       iface: cfg.interface,
       session: { job: jobNumber(job), key: 'random', mtu: cfg.mtu, addressPool: cfg.groupPool },
-      sender: { rateBytesPerSec: cfg.rateMBps * 1e6 },
+      sender: { rateBytesPerSec: cfg.rateMBps * 1e6, udpOffload: cfg.udpOffload },
+      receiver: { udpOffload: cfg.udpOffload },
       onProgress: (p) => ctx.onProgress(p.bytesSent, p.bytesTotal),
     });
     return scatterOutcome(plan, r);
@@ -40,6 +41,8 @@ export function scatterOutcome(plan: Pick<Plan, 'targets'>, r: ScatterResult): S
       `${r.sender.igmpUnseenAtStart} group memberships started before the network showed their IGMP join (a switch with IGMP snooping may not have forwarded those groups; repair and converge carried what was missed)`,
     );
   }
+  // Asked for and not had, or turned off after a failed send: the scatter went one datagram per send.
+  if (r.sender.segmentation.note) notes.push(`UDP segmentation offload off: ${r.sender.segmentation.note}`);
   const incomplete = r.targets.filter((t) => !t.complete).map((t) => t.name);
   if (incomplete.length) notes.push(`incomplete after repair: ${incomplete.join(', ')} (converge carries the rest)`);
   const stalled = [...new Set(r.sender.groups.flatMap((g) => g.stalled))].map((t) => r.targets.find((x) => x.target === t)?.name ?? `target ${t}`);

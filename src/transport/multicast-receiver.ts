@@ -18,6 +18,7 @@ import {
   Flag,
   HEADER_BYTES,
   Kind,
+  leadingDatagramLength,
   MAX_CONTROL_BYTES,
   SENDER_ORIGIN,
   dataPageId,
@@ -66,6 +67,12 @@ export interface ScatterReceiverOptions {
   joinRetryMs?: number;
   /** Give up when nothing has come from the source for this long (default 30 s). */
   idleTimeoutMs?: number;
+  /**
+   * Let a group socket's read return several datagrams of a segmented send (UDP GRO,
+   * udp-offload.ts), split here (default true). Off, or where the host lacks it, the kernel
+   * splits them, one read each.
+   */
+  udpOffload?: boolean;
 }
 
 export interface ReceiverResult {
@@ -270,7 +277,8 @@ export class ScatterReceiver {
             reuseAddr: true,
             join: address,
             recvBufferBytes: this.o.recvBufferBytes ?? DEFAULT_RECV_BUFFER,
-            onMessage: (msg, from) => this.onDatagram(msg, from),
+            coalesce: this.o.udpOffload ?? true,
+            onMessage: (msg, from) => this.onGroupRead(msg, from),
           })
           .then((sock) => {
             m.opening = false;
@@ -406,6 +414,16 @@ export class ScatterReceiver {
 
   // -------------------------------------------------------------------------------------------
   // Input
+
+  /** A read from a group socket: one datagram, or several a coalesced read returned at once. */
+  private onGroupRead(msg: Buffer, from: Peer): void {
+    const first = leadingDatagramLength(msg);
+    if (first === msg.length) {
+      this.onDatagram(msg, from);
+      return;
+    }
+    for (let off = 0; off < msg.length; off += first) this.onDatagram(msg.subarray(off, Math.min(off + first, msg.length)), from);
+  }
 
   private onDatagram(msg: Buffer, from: Peer): void {
     if (this.ended) return;

@@ -95,6 +95,11 @@ export interface ScatterSenderOptions {
   onProgress?: (p: ScatterProgress) => void;
   /** Progress callback interval (default 100 ms). */
   progressIntervalMs?: number;
+  /**
+   * Send a group's consecutive first-pass datagrams several per system call (UDP GSO,
+   * udp-offload.ts), default true. Off, or where the host lacks it, one datagram per call.
+   */
+  udpOffload?: boolean;
 }
 
 export interface ScatterProgress {
@@ -156,6 +161,13 @@ export interface SenderStats {
   /** DATA bytes of repairs. */
   repairBytes: number;
   datagrams: number;
+  /** Send calls that carried them: fewer than `datagrams` where sends are segmented. */
+  sends: number;
+  /**
+   * Segmented sends (UDP GSO): the datagram length they carry, 0 when off; `note` says why off
+   * when it was asked for, or that it was turned off after a failed send.
+   */
+  segmentation: { segmentBytes: number; note?: string };
   repairs: number;
   repairsMulticast: number;
   repairsUnicast: number;
@@ -306,6 +318,12 @@ export class ScatterSender {
   private readonly trailers: Buffer;
   private slotNext = 0;
   private readonly parts: Buffer[] = [];
+  /** First-pass datagrams gathered for one segmented send, to `batchAddress`. */
+  private readonly batchParts: Buffer[] = [];
+  private batchN = 0;
+  private batchAddress = '';
+  /** Sends in flight at most: each may hold up to maxSegments header slots of the ring. */
+  private inFlightMax = RING - 2;
   private readonly burstDatagrams: number;
   private timer: NodeJS.Timeout | null = null;
   private running = false;
@@ -367,6 +385,8 @@ export class ScatterSender {
       dataBytes: 0,
       repairBytes: 0,
       datagrams: 0,
+      sends: 0,
+      segmentation: { segmentBytes: 0 },
       repairs: 0,
       repairsMulticast: 0,
       repairsUnicast: 0,
@@ -403,9 +423,14 @@ export class ScatterSender {
       bindAddress: o.session.sender.address,
       port: o.session.sender.port,
       iface: o.iface ?? o.session.sender.address,
+      // Every datagram the sender sends is at most this long (its control messages are short),
+      // so only the batches gathered in sendData are ever segmented.
+      ...(o.udpOffload === false ? {} : { segmentBytes: s.layout.maxDatagramBytes }),
       onMessage: (msg, from) => s.onControl(msg, from),
     });
     s.session.sender.port = s.sock.local.port;
+    s.inFlightMax = Math.floor(RING / s.sock.maxSegments) - 2;
+    s.stats.segmentation.segmentBytes = s.sock.segmentBytes;
     try {
       // Listen to IGMP from now on: targets that join after this are seen as they join.
       await s.startIgmp();
@@ -682,7 +707,7 @@ export class ScatterSender {
           moreWaiting = true;
           break;
         }
-        if (sock.issued - sock.completed >= RING - 2) return true;
+        if (sock.issued - sock.completed >= this.inFlightMax) return true;
         if (!this.bucket.take(this.datagramWireBytes(tx, seq), now)) return true;
         tx.queueHead++;
         this.sendRepair(tx, seq, now);
@@ -695,14 +720,19 @@ export class ScatterSender {
     }
     const tx = this.orderTx.find((t) => t.state === GState.Sending);
     if (!tx) return moreWaiting;
-    while (this.ensureResolved(tx, tx.nextSeq)) {
-      if (sent >= this.burstDatagrams) return true;
-      if (sock.issued - sock.completed >= RING - 2) return true;
-      if (!this.bucket.take(this.datagramWireBytes(tx, tx.nextSeq), now)) return true;
-      this.sendData(tx, tx.nextSeq, 0, null);
-      tx.sentAt[tx.nextSeq] = now;
-      tx.nextSeq++;
-      sent++;
+    const gather = sock.segmentBytes > 0;
+    try {
+      while (this.ensureResolved(tx, tx.nextSeq)) {
+        if (sent >= this.burstDatagrams) return true;
+        if (sock.issued - sock.completed >= this.inFlightMax) return true;
+        if (!this.bucket.take(this.datagramWireBytes(tx, tx.nextSeq), now)) return true;
+        this.sendData(tx, tx.nextSeq, 0, null, gather);
+        tx.sentAt[tx.nextSeq] = now;
+        tx.nextSeq++;
+        sent++;
+      }
+    } finally {
+      this.flushBatch();
     }
     // First pass over. Poll after a short grace: a poll overtaking the group's last datagrams
     // (they sit in another socket's buffer at the target) would make it NACK them for nothing.
@@ -724,8 +754,13 @@ export class ScatterSender {
     return HEADER_BYTES + 4 * (k - 1) + k * PAGE_SIZE + trailer + FRAME_OVERHEAD;
   }
 
-  /** Build and send DATA datagram `seq` of the group to its address, or to `to` by unicast. */
-  private sendData(tx: GroupTx, seq: number, flags: number, to: Peer | null): void {
+  /**
+   * Build and send DATA datagram `seq` of the group to its address, or to `to` by unicast. With
+   * `gather`, add it to the batch for one segmented send instead: the batch goes out once full,
+   * after a datagram shorter than the segment (the last of a page's fragments or of the group),
+   * or at flushBatch().
+   */
+  private sendData(tx: GroupTx, seq: number, flags: number, to: Peer | null, gather = false): void {
     const l = this.layout;
     const slot = this.slotNext;
     this.slotNext = (slot + 1) % RING;
@@ -759,8 +794,17 @@ export class ScatterSender {
       parts.push(t);
       payload += AUTH_TRAILER_BYTES;
     }
-    if (to) this.sock!.send(parts, to.port, to.address);
-    else this.sock!.send(parts, this.session.dataPort, tx.g.address);
+    const sock = this.sock!;
+    if (gather) {
+      if (this.batchN > 0 && this.batchAddress !== tx.g.address) this.flushBatch();
+      for (const p of parts) this.batchParts.push(p);
+      this.batchAddress = tx.g.address;
+      if (++this.batchN >= sock.maxSegments || payload !== sock.segmentBytes) this.flushBatch();
+    } else {
+      if (to) sock.send(parts, to.port, to.address);
+      else sock.send(parts, this.session.dataPort, tx.g.address);
+      this.stats.sends++;
+    }
     this.stats.datagrams++;
     this.stats.bytesSent += payload;
     tx.stats.datagrams++;
@@ -769,6 +813,15 @@ export class ScatterSender {
     } else {
       this.stats.dataBytes += payload;
     }
+  }
+
+  /** Send the gathered batch, if any, as one segmented send. */
+  private flushBatch(): void {
+    if (this.batchN === 0) return;
+    this.sock?.send(this.batchParts, this.session.dataPort, this.batchAddress);
+    this.stats.sends++;
+    this.batchParts.length = 0;
+    this.batchN = 0;
   }
 
   private sendRepair(tx: GroupTx, seq: number, now: number): void {
@@ -841,6 +894,7 @@ export class ScatterSender {
     if (!peer || !this.sock) return;
     const b = encodeControl(kind, this.session.job, group, seq, target, body, this.auth ?? undefined);
     this.sock.send([b], peer.port, peer.address);
+    this.stats.sends++;
     this.stats.datagrams++;
     this.stats.bytesSent += b.length;
   }
@@ -972,6 +1026,8 @@ export class ScatterSender {
     this.stats.finalRateBytesPerSec = this.bucket.currentRate;
     this.stats.rateBackoffs = this.bucket.backoffs;
     this.stats.sendErrors = this.sock?.sendErrors ?? 0;
+    const offloadNote = this.sock?.offloadNote;
+    if (offloadNote) this.stats.segmentation.note = offloadNote;
     this.stats.dropped = this.stats.malformed + this.stats.foreign + this.stats.spoofed;
     this.progress(now, true);
     // Per group, once: which of its contents the source had bytes for (sendIds is a sorted

@@ -2,7 +2,7 @@
  * A scatter receiver as its own process, for targets in other network namespaces:
  *
  *   ip netns exec NS node --import tsx src/transport/receiver-main.ts \
- *     --session session.json --target 0 --iface 10.200.0.11 --out held.json [--digests]
+ *     --session session.json --target 0 --iface 10.200.0.11 --out held.json [--digests] [--udp-offload on|off]
  *
  * Prints "ready" once its first groups are joined, runs until the source says goodbye (or goes
  * silent), then writes what it holds (ids, digests, counters) as JSON to --out.
@@ -11,7 +11,7 @@ import { writeFileSync } from 'node:fs';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { ContentStore } from '../memory/content-store.js';
 import { ScatterReceiver, type ScatterReceiverOptions } from './multicast-receiver.js';
-import { pageDigest, parseArgs, readSessionFile, storeDigest, type ReceiverOutput } from './scatter-child.js';
+import { offloadArg, pageDigest, parseArgs, readSessionFile, storeDigest, type ReceiverOutput } from './scatter-child.js';
 
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
@@ -20,13 +20,13 @@ async function main(): Promise<void> {
   const iface = args.get('iface');
   const target = Number(args.get('target'));
   if (!sessionPath || !out || !iface || !Number.isInteger(target)) {
-    throw new Error('usage: receiver-main --session FILE --target N --iface ADDR --out FILE [--digests] [--idle-timeout MS]');
+    throw new Error('usage: receiver-main --session FILE --target N --iface ADDR --out FILE [--digests] [--idle-timeout MS] [--udp-offload on|off]');
   }
   const session = readSessionFile(sessionPath);
   let expected = 0;
   for (const g of session.groups) if (g.targets.includes(target)) expected += g.contents.length;
   const store = new ContentStore(Math.max(1024, expected));
-  const o: ScatterReceiverOptions = { session, target, store, iface };
+  const o: ScatterReceiverOptions = { session, target, store, iface, udpOffload: offloadArg(args) };
   if (args.has('idle-timeout')) o.idleTimeoutMs = Number(args.get('idle-timeout'));
   const openedAt = Date.now();
   const lag = monitorEventLoopDelay({ resolution: 5 });

@@ -114,3 +114,10 @@ export function parseArgs(argv: string[]): Map<string, string> {
 export function readSessionFile(path: string): ScatterSession {
   return sessionFromJson(JSON.parse(readFileSync(path, 'utf8')));
 }
+
+/** `--udp-offload on|off` (default on). */
+export function offloadArg(args: Map<string, string>): boolean {
+  const v = args.get('udp-offload') ?? 'on';
+  if (v !== 'on' && v !== 'off') throw new Error(`--udp-offload must be on or off, got "${v}"`);
+  return v === 'on';
+}

@@ -5,6 +5,7 @@
  * duplication and reordering alike.
  */
 import { ErrorCode, VmsError } from '../errors.js';
+import { MAX_UDP_PAYLOAD, maxSegmentsOf } from './udp-offload.js';
 
 export interface Peer {
   address: string;
@@ -20,6 +21,16 @@ export interface ScatterSocket {
   send(parts: readonly Buffer[], port: number, address: string): void;
   /** Sends issued so far. */
   readonly issued: number;
+  /**
+   * Above 0, one send may carry several datagrams (UDP GSO, asked for with
+   * OpenOptions.segmentBytes): up to `maxSegments` of them, all `segmentBytes` long but the last,
+   * which may be shorter. 0: one datagram per send. It can drop to 0 while the socket is open (a
+   * send failed with segmentation on), so check it before each batch.
+   */
+  readonly segmentBytes: number;
+  readonly maxSegments: number;
+  /** Why an offload asked for in OpenOptions is off, when it is. */
+  readonly offloadNote: string | null;
   /** Sends whose buffers are no longer referenced. Sends complete in issue order. */
   readonly completed: number;
   readonly sendErrors: number;
@@ -46,6 +57,13 @@ export interface OpenOptions {
   recvBufferBytes?: number;
   /** Group to join on `iface` right after binding. */
   join?: string;
+  /** Ask for sends that carry several datagrams of this length (see ScatterSocket.segmentBytes). */
+  segmentBytes?: number;
+  /**
+   * Allow one read to return several datagrams from the source (UDP GRO): consecutive ones, all
+   * as long as the first but the last. onMessage then gets them in one buffer, to split.
+   */
+  coalesce?: boolean;
   onMessage: (msg: Buffer, from: Peer) => void;
 }
 
@@ -75,6 +93,13 @@ export interface Impairment {
    * data to a full socket buffer while its control messages get through.
    */
   bulkLossByIface?: Record<string, number>;
+  /**
+   * Whether sockets get the segmentation and coalescing they ask for, as on Linux (default
+   * true). A segmented send counts as one datagram for every impairment, as netem drops,
+   * duplicates or delays a GSO packet whole; it is split for the receivers that did not ask to
+   * coalesce.
+   */
+  offload?: boolean;
   /** Deterministic PRNG seed. */
   seed?: number;
 }
@@ -90,6 +115,8 @@ export class MemoryNetwork implements ScatterNetwork {
   private rng: number;
   delivered = 0;
   dropped = 0;
+  /** Segmented sends handed to a socket whole (it asked to coalesce), counted in `delivered` once. */
+  coalesced = 0;
   /** Per interface address: most groups joined at once (for window checks). */
   readonly maxJoined = new Map<string, number>();
 
@@ -122,21 +149,27 @@ export class MemoryNetwork implements ScatterNetwork {
   }
 
   /** @internal */
-  route(from: MemSocket, data: Buffer, port: number, address: string): void {
+  route(from: MemSocket, data: Buffer, port: number, address: string, segment: number): void {
     const multicast = isMulticast(address);
     for (const s of this.sockets) {
       if (s === from || s.port !== port) continue;
       if (multicast) {
         if (!s.joined || s.bindAddress !== address) continue;
       } else if (s.bindAddress !== address && s.bindAddress !== '0.0.0.0') continue;
-      this.deliver(s, data, from.local);
+      this.deliver(s, data, from.local, segment);
     }
   }
 
-  private deliver(s: MemSocket, data: Buffer, from: Peer): void {
+  /** @internal */
+  get offload(): boolean {
+    return this.impair.offload ?? true;
+  }
+
+  /** `segment` > 0: `data` is a segmented send of datagrams that long (the last may be shorter). */
+  private deliver(s: MemSocket, data: Buffer, from: Peer, segment: number): void {
     const i = this.impair;
     const mtu = i.mtuByIface?.[s.iface];
-    if (mtu !== undefined && data.length + 28 > mtu) {
+    if (mtu !== undefined && (segment || data.length) + 28 > mtu) {
       this.dropped++;
       return;
     }
@@ -155,8 +188,16 @@ export class MemoryNetwork implements ScatterNetwork {
       const late = i.reorder && this.rand() < i.reorder;
       const fire = (): void => {
         if (s.closed) return;
-        this.delivered++;
-        s.onMessage(copy, { ...from });
+        if (segment === 0 || s.coalesce) {
+          this.delivered++;
+          if (segment) this.coalesced++;
+          s.onMessage(copy, { ...from });
+          return;
+        }
+        for (let off = 0; off < copy.length && !s.closed; off += segment) {
+          this.delivered++;
+          s.onMessage(copy.subarray(off, Math.min(off + segment, copy.length)), { ...from });
+        }
       };
       if (late) setTimeout(fire, i.reorderDelayMs ?? 5);
       else setImmediate(fire);
@@ -184,6 +225,10 @@ class MemSocket implements ScatterSocket {
   readonly joined: boolean;
   readonly local: Peer;
   readonly onMessage: (msg: Buffer, from: Peer) => void;
+  readonly segmentBytes: number;
+  readonly maxSegments: number;
+  readonly coalesce: boolean;
+  readonly offloadNote: string | null;
 
   constructor(
     private readonly net: MemoryNetwork,
@@ -195,12 +240,21 @@ class MemSocket implements ScatterSocket {
     this.joined = o.join !== undefined && o.join === o.bindAddress;
     this.onMessage = o.onMessage;
     this.local = { address: isMulticast(o.bindAddress) ? o.iface : o.bindAddress, port };
+    const asked = (o.segmentBytes ?? 0) > 0 || o.coalesce === true;
+    this.segmentBytes = net.offload ? (o.segmentBytes ?? 0) : 0;
+    this.maxSegments = maxSegmentsOf(this.segmentBytes);
+    this.coalesce = net.offload && o.coalesce === true;
+    this.offloadNote = asked && !net.offload ? 'offloads are off in this in-memory network' : null;
   }
 
   send(parts: readonly Buffer[], port: number, address: string): void {
     if (this.closed) return;
     this.issued++;
-    this.net.route(this, Buffer.concat(parts as Buffer[]), port, address);
+    const data = Buffer.concat(parts as Buffer[]);
+    const segmented = this.segmentBytes > 0 && data.length > this.segmentBytes;
+    // What the kernel refuses (EMSGSIZE, EINVAL): too long, too many segments.
+    if (data.length > MAX_UDP_PAYLOAD || (segmented && Math.ceil(data.length / this.segmentBytes) > this.maxSegments)) this.sendErrors++;
+    else this.net.route(this, data, port, address, segmented ? this.segmentBytes : 0);
     this.completed++;
   }
 

@@ -4,7 +4,7 @@
  *
  *   ip netns exec NS node --import tsx src/transport/sender-main.ts \
  *     --session session.json --iface 10.200.0.1 --seed 7 --out result.json \
- *     [--skip-every K] [--rate BYTES_PER_S] [--wait-go] [--igmp auto|on|off]
+ *     [--skip-every K] [--rate BYTES_PER_S] [--wait-go] [--igmp auto|on|off] [--udp-offload on|off]
  *
  * Generates the contents, binds the session's sender address, prints "ready", (with --wait-go
  * waits for a "go" line on stdin), runs the scatter and writes the result as JSON.
@@ -12,7 +12,7 @@
 import { writeFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { ScatterSender, type ScatterSenderOptions } from './multicast-sender.js';
-import { parseArgs, readSessionFile, syntheticContentSource } from './scatter-child.js';
+import { offloadArg, parseArgs, readSessionFile, syntheticContentSource } from './scatter-child.js';
 
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
@@ -21,7 +21,7 @@ async function main(): Promise<void> {
   const iface = args.get('iface');
   const seed = Number(args.get('seed') ?? 1);
   if (!sessionPath || !out || !iface) {
-    throw new Error('usage: sender-main --session FILE --iface ADDR --out FILE [--seed S] [--skip-every K] [--rate B/s] [--wait-go] [--igmp auto|on|off]');
+    throw new Error('usage: sender-main --session FILE --iface ADDR --out FILE [--seed S] [--skip-every K] [--rate B/s] [--wait-go] [--igmp auto|on|off] [--udp-offload on|off]');
   }
   const session = readSessionFile(sessionPath);
   const skipEvery = Number(args.get('skip-every') ?? 0);
@@ -34,6 +34,7 @@ async function main(): Promise<void> {
     contentBytes: src.contentBytes,
     iface,
     igmp: igmpArg === 'on' ? true : igmpArg === 'off' ? false : 'auto',
+    udpOffload: offloadArg(args),
   };
   if (args.has('rate')) o.rateBytesPerSec = Number(args.get('rate'));
   if (args.has('hello-timeout')) o.helloTimeoutMs = Number(args.get('hello-timeout'));

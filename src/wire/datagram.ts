@@ -240,6 +240,27 @@ export function decodeHeader(buf: Uint8Array, out: Header = newHeader()): Header
   return out;
 }
 
+/**
+ * Length of the first datagram in `buf`, which may hold several (a coalesced read, UDP GRO: all
+ * as long as the first but the last). Only DATA carries its length in its header (page count,
+ * fragment, AUTH flag); for anything else, or a header that makes no sense, the whole buffer,
+ * which decodeHeader then judges. Between 1 and buf.length; never throws.
+ */
+export function leadingDatagramLength(buf: Uint8Array): number {
+  const len = buf.length;
+  if (len < HEADER_BYTES || buf[3] !== Kind.DATA) return Math.max(1, len);
+  const trailer = (buf[4]! & Flag.AUTH) !== 0 ? AUTH_TRAILER_BYTES : 0;
+  const pages = buf[5]!;
+  const fragCount = buf[7]!;
+  let body: number;
+  if (fragCount === 1 && pages >= 1 && pages <= MAX_PAGES_PER_DATAGRAM) body = pages * (PAGE_SIZE + 4) - 4;
+  else if (fragCount > 1 && buf[6]! < fragCount) body = fragmentSpan(buf[6]!, fragCount).length;
+  else return len;
+  if (body <= 0) return len;
+  const n = HEADER_BYTES + body + trailer;
+  return n <= len ? n : len;
+}
+
 function readU32(b: Uint8Array, off: number): number {
   return ((b[off]! << 24) | (b[off + 1]! << 16) | (b[off + 2]! << 8) | b[off + 3]!) >>> 0;
 }

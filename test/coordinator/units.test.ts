@@ -233,6 +233,15 @@ describe('configuration', () => {
     expect(() => agentConfig({ role: 'source', scatterRateMbps: 0 }, {})).toThrow(/\/scatter\/rateMBps/);
   });
 
+  it('uses the UDP offloads for the scatter unless --no-udp-offload or the config says no', () => {
+    expect(agentConfig({ role: 'source' }, {}).scatter.udpOffload).toBe(true);
+    // commander gives a --no-* flag true when absent: only false counts.
+    expect(agentConfig({ role: 'target', udpOffload: true }, {}).scatter.udpOffload).toBe(true);
+    expect(agentConfig({ role: 'target', udpOffload: false }, {}).scatter.udpOffload).toBe(false);
+    expect(resolveConfig({ scatter: { udpOffload: false } }).scatter.udpOffload).toBe(false);
+    expect(() => resolveConfig({ scatter: { udpOffload: 'no' } })).toThrow(/\/scatter\/udpOffload/);
+  });
+
   it('compresses converge frames with LZ4 unless --compress none', () => {
     expect(agentConfig({ role: 'source' }, {}).migration.compress).toBe('lz4');
     expect(agentConfig({ role: 'source', compress: 'none' }, {}).migration.compress).toBe('none');

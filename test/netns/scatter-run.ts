@@ -30,6 +30,8 @@ export interface NetnsScatterOptions {
   igmp?: 'auto' | 'on' | 'off';
   job?: number;
   pagesPerDatagram?: number;
+  /** UDP GSO on the sender and GRO on the receivers (default true). */
+  udpOffload?: boolean;
 }
 
 export interface SenderOutput {
@@ -111,6 +113,7 @@ export async function runNetnsScatter(topo: Topology, o: NetnsScatterOptions): P
     for (let i = 0; i < topo.receivers; i++) {
       const args = [...NODE_TSX.slice(1), 'src/transport/receiver-main.ts', '--session', sessionPath, '--target', String(i), '--iface', receiverAddr(i), '--out', join(dir, `r${i}.json`), '--idle-timeout', String(timeout)];
       if (o.digests) args.push('--digests');
+      if (o.udpOffload === false) args.push('--udp-offload', 'off');
       commands.push(`ip netns exec ${topo.receiverNs(i)} node ${args.join(' ')}`);
       const c = topo.spawn(topo.receiverNs(i), NODE_TSX[0]!, args);
       if (process.env.VMSCATTER_DEBUG) c.stderr?.on('data', (d: Buffer) => process.stderr.write(`[r${i}] ${d.toString()}`));
@@ -121,6 +124,7 @@ export async function runNetnsScatter(topo: Topology, o: NetnsScatterOptions): P
     const sargs = [...NODE_TSX.slice(1), 'src/transport/sender-main.ts', '--session', sessionPath, '--iface', SENDER_ADDR, '--seed', String(o.seed), '--out', join(dir, 'sender.json'), '--igmp', o.igmp ?? 'auto', '--wait-go'];
     if (o.skipEvery) sargs.push('--skip-every', String(o.skipEvery));
     if (o.rateBytesPerSec) sargs.push('--rate', String(o.rateBytesPerSec));
+    if (o.udpOffload === false) sargs.push('--udp-offload', 'off');
     commands.push(`ip netns exec ${topo.senderNs} node ${sargs.join(' ')}`);
     const sender = topo.spawn(topo.senderNs, NODE_TSX[0]!, sargs);
     if (process.env.VMSCATTER_DEBUG) sender.stderr?.on('data', (d: Buffer) => process.stderr.write(`[sender] ${d.toString()}`));

@@ -2,7 +2,9 @@
  * The scatter's UDP sockets on loopback (no root): a group socket connected to its source takes
  * only that source's datagrams, and the polled path (read(2) into one reused buffer while a burst
  * lasts, read events again once the queue stays empty) hands over every datagram intact and in
- * order, bounds what one event-loop turn reads, and stops at close.
+ * order, bounds what one event-loop turn reads, and stops at close. Segmented sends (UDP GSO)
+ * reach a coalescing socket (UDP GRO) as one read and another as datagrams, and a failed one
+ * turns segmentation off.
  */
 import { describe, expect, it } from 'vitest';
 import { multicastUdpNetwork } from '../../src/transport/multicast-udp.js';
@@ -19,11 +21,23 @@ function datagram(i: number): Buffer {
 }
 
 /** A sender socket and a group socket connected to it (polled reads), on a random group and port. */
-async function groupPair(onMessage: (msg: Buffer, from: Peer) => void, opts: { maxDrain?: number } = {}): Promise<{ send: ScatterSocket; rx: ScatterSocket; group: string; port: number }> {
+async function groupPair(
+  onMessage: (msg: Buffer, from: Peer) => void,
+  opts: { maxDrainBytes?: number; segmentBytes?: number; coalesce?: boolean } = {},
+): Promise<{ send: ScatterSocket; rx: ScatterSocket; group: string; port: number }> {
   const group = `239.193.${Math.floor(Math.random() * 250)}.${1 + Math.floor(Math.random() * 250)}`;
   const port = 20000 + Math.floor(Math.random() * 20000);
-  const send = await multicastUdpNetwork().open({ bindAddress: IFACE, port: 0, iface: IFACE, onMessage: () => {} });
-  const rx = await multicastUdpNetwork({ source: send.local, ...opts }).open({ bindAddress: group, port, iface: IFACE, reuseAddr: true, join: group, onMessage });
+  const { maxDrainBytes, segmentBytes, coalesce } = opts;
+  const send = await multicastUdpNetwork().open({ bindAddress: IFACE, port: 0, iface: IFACE, ...(segmentBytes ? { segmentBytes } : {}), onMessage: () => {} });
+  const rx = await multicastUdpNetwork({ source: send.local, ...(maxDrainBytes ? { maxDrainBytes } : {}) }).open({
+    bindAddress: group,
+    port,
+    iface: IFACE,
+    reuseAddr: true,
+    join: group,
+    ...(coalesce ? { coalesce } : {}),
+    onMessage,
+  });
   return { send, rx, group, port };
 }
 
@@ -68,25 +82,28 @@ describe('multicast UDP sockets', () => {
     }
   });
 
-  it('polls at most maxDrain datagrams per event-loop turn, so timers and other sockets get theirs', async () => {
-    const maxDrain = 8;
+  it('polls at most maxDrainBytes per event-loop turn, so timers and other sockets get theirs', async () => {
+    const maxDrainBytes = 8000;
     let got = 0;
+    let bytes = 0;
     let atNextTurn = -1;
     const { send, rx, group, port } = await groupPair(
-      () => {
-        if (got++ === 0) setImmediate(() => (atNextTurn = got));
+      (msg) => {
+        bytes += msg.length;
+        if (got++ === 0) setImmediate(() => (atNextTurn = bytes));
       },
-      { maxDrain },
+      { maxDrainBytes },
     );
     try {
-      const n = 400;
+      const n = 400; // 1.6 MB in datagrams of 100 to 8,100 bytes
       for (let i = 0; i < n; i++) send.send([datagram(i)], port, group); // all queued before the receiver's turn
       const until = Date.now() + 5000;
       while (got < n && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
       expect(got).toBe(n);
-      // One turn: the 'message' event that starts polling, then one poll's budget.
-      expect(atNextTurn).toBeGreaterThan(0);
-      expect(atNextTurn).toBeLessThanOrEqual(1 + maxDrain);
+      // One turn: the 'message' event that starts polling (datagram 0, 100 bytes), then one
+      // poll's budget, which the last read of it may pass by less than a datagram.
+      expect(atNextTurn).toBeGreaterThan(100 + maxDrainBytes / 2);
+      expect(atNextTurn).toBeLessThan(100 + maxDrainBytes + 8100);
     } finally {
       rx.close();
       send.close();
@@ -134,5 +151,60 @@ describe('multicast UDP sockets', () => {
       send.close();
     }
     expect(rx.readQueued!()).toBe(0);
+  });
+
+  it('segments a send into datagrams of the segment size; a coalescing socket reads them at once, another one by one', async () => {
+    const SEG = 8248;
+    // 6 full segments and a shorter last one, as the sender batches a group's tail.
+    const batch = Array.from({ length: 7 }, (_, i) => {
+      const b = Buffer.alloc(i < 6 ? SEG : 4000, i + 1);
+      b.writeUInt32BE(i, 0);
+      return b;
+    });
+    for (const coalesce of [true, false]) {
+      const reads: Buffer[] = [];
+      const { send, rx, group, port } = await groupPair((msg) => reads.push(Buffer.from(msg)), { segmentBytes: SEG, coalesce });
+      try {
+        expect(send.segmentBytes).toBe(SEG);
+        expect(send.maxSegments).toBe(7);
+        expect(send.offloadNote).toBeNull();
+        expect(rx.offloadNote).toBeNull();
+        send.send(batch, port, group);
+        // A datagram no longer than the segment goes as it is.
+        send.send([batch[6]!], port, group);
+        const until = Date.now() + 5000;
+        const want = Buffer.concat([...batch, batch[6]!]);
+        while (Buffer.concat(reads).length < want.length && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
+        expect(Buffer.concat(reads)).toEqual(want);
+        expect(reads.map((r) => r.length)).toEqual(coalesce ? [want.length - 4000, 4000] : [...batch.map((b) => b.length), 4000]);
+        expect(send.sendErrors).toBe(0);
+      } finally {
+        rx.close();
+        send.close();
+      }
+    }
+  });
+
+  it('turns segmentation off for good after a send fails with it on, and says so', async () => {
+    const reads: number[] = [];
+    const { send, rx, group, port } = await groupPair((msg) => reads.push(msg.length), { segmentBytes: 1000 });
+    try {
+      expect(send.segmentBytes).toBe(1000);
+      // 70 segments: more than the kernel takes in one send (EINVAL), and more than 64 KiB.
+      send.send([Buffer.alloc(70_000)], port, group);
+      const until = Date.now() + 5000;
+      while (send.completed < send.issued && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
+      expect(send.sendErrors).toBe(1);
+      expect(send.segmentBytes).toBe(0);
+      expect(send.maxSegments).toBe(1);
+      expect(send.offloadNote).toMatch(/^a send failed with segmentation on \(.+\): one datagram per send since$/);
+      // From then on a send is one datagram, however long.
+      send.send([Buffer.alloc(3000)], port, group);
+      while (reads.length < 1 && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
+      expect(reads).toEqual([3000]);
+    } finally {
+      rx.close();
+      send.close();
+    }
   });
 });

@@ -5,7 +5,7 @@
 import { describe, expect, it } from 'vitest';
 import { ContentStore } from '../../src/memory/content-store.js';
 import { PAGE_SIZE } from '../../src/memory/page.js';
-import { ScatterReceiver, type ReceiverResult } from '../../src/transport/multicast-receiver.js';
+import { ScatterReceiver, type ReceiverResult, type ScatterReceiverOptions } from '../../src/transport/multicast-receiver.js';
 import { ScatterSender, type ScatterProgress, type ScatterResult, type ScatterSenderOptions } from '../../src/transport/multicast-sender.js';
 import { pageDigest, syntheticContentSource, syntheticPage } from '../../src/transport/scatter-child.js';
 import { sessionFromPlan, type ScatterSession } from '../../src/transport/scatter-session.js';
@@ -37,6 +37,7 @@ async function scatter(
     absent?: number[];
     window?: number;
     sender?: Partial<ScatterSenderOptions>;
+    receiver?: (t: number) => Partial<ScatterReceiverOptions>;
     beforeRun?: (net: MemoryNetwork, session: ScatterSession) => Promise<void>;
   } = {},
 ): Promise<Run> {
@@ -67,7 +68,7 @@ async function scatter(
   try {
     for (let t = 0; t < fleet.plan.targets.length; t++) {
       if (o.absent?.includes(t)) continue;
-      receivers.push(await ScatterReceiver.open({ session, target: t, store: stores[t]!, iface: iface(t), network: net, idleTimeoutMs: 10_000 }));
+      receivers.push(await ScatterReceiver.open({ session, target: t, store: stores[t]!, iface: iface(t), network: net, idleTimeoutMs: 10_000, ...o.receiver?.(t) }));
     }
     await o.beforeRun?.(net, session);
     const result = await sender.run();
@@ -125,7 +126,10 @@ describe('scatter over the in-memory network', () => {
 
   it('repairs 5% loss with duplication and reordering; multicast when several lack a datagram, unicast when one does', async () => {
     const fleet = makeFleet(3000);
-    const run = await scatter(fleet, { impair: { loss: 0.05, duplicate: 0.03, reorder: 0.05, reorderDelayMs: 4, seed: 3 } });
+    // One datagram per send, so that loss strikes datagrams independently (a segmented send is
+    // lost whole: the next test).
+    const run = await scatter(fleet, { impair: { loss: 0.05, duplicate: 0.03, reorder: 0.05, reorderDelayMs: 4, seed: 3, offload: false } });
+    expect(run.result.sender.sends).toBe(run.result.sender.datagrams);
     expectExact(fleet, run);
     const s = run.result.sender;
     expect(s.repairs).toBeGreaterThan(0);
@@ -135,6 +139,36 @@ describe('scatter over the in-memory network', () => {
     // One repair per lost datagram, not one per NACK: far fewer repairs than NACKed sequences.
     expect(s.repairs).toBeLessThan(s.nackedSeqs);
     expect(run.receivers.some((r) => r.counters.duplicates > 0)).toBe(true);
+  });
+
+  it('sends first passes several datagrams per send; coalesced reads are split; sends lost whole are repaired', async () => {
+    const fleet = makeFleet(3000);
+    // Target 1 does not coalesce: the network splits the segmented sends for it.
+    const run = await scatter(fleet, { impair: { loss: 0.05, duplicate: 0.03, reorder: 0.05, reorderDelayMs: 4, seed: 5 }, receiver: (t) => (t === 1 ? { udpOffload: false } : {}) });
+    expectExact(fleet, run);
+    const s = run.result.sender;
+    expect(s.segmentation).toEqual({ segmentBytes: 8248 });
+    // First passes go up to 7 datagrams per send (57,736 bytes); repairs and control one per send.
+    const firstPass = s.datagrams - s.repairs;
+    expect(s.sends).toBeLessThan(s.repairs + firstPass / 3);
+    expect(run.net.coalesced).toBeGreaterThan(0);
+    expect(s.repairs).toBeGreaterThan(0);
+    for (const r of run.receivers) expect(r.counters.malformed).toBe(0);
+  });
+
+  it('sends one datagram per send where segmentation is off or unavailable', async () => {
+    const fleet = makeFleet(1200);
+    const off = await scatter(fleet, { sender: { udpOffload: false } });
+    expectExact(fleet, off);
+    expect(off.result.sender.sends).toBe(off.result.sender.datagrams);
+    expect(off.result.sender.segmentation).toEqual({ segmentBytes: 0 });
+    const unavailable = await scatter(fleet, { impair: { offload: false } });
+    expectExact(fleet, unavailable);
+    expect(unavailable.result.sender.sends).toBe(unavailable.result.sender.datagrams);
+    expect(unavailable.result.sender.segmentation).toEqual({ segmentBytes: 0, note: 'offloads are off in this in-memory network' });
+    // The job's notes say so; turned off on purpose, they do not.
+    expect(scatterOutcome(fleet.plan, unavailable.result).notes).toContain('UDP segmentation offload off: offloads are off in this in-memory network');
+    expect(scatterOutcome(fleet.plan, off.result).notes.filter((n) => n.startsWith('UDP'))).toEqual([]);
   });
 
   it('fragments pages at MTU 1500 and reassembles them under loss', async () => {

@@ -9,7 +9,7 @@
 import { describe, expect, it } from 'vitest';
 import { pageDigest, syntheticDigest, syntheticPage } from '../../src/transport/scatter-child.js';
 import { PAGE_SIZE } from '../../src/memory/page.js';
-import { FRAME_OVERHEAD } from '../../src/wire/datagram.js';
+import { datagramLayout, FRAME_OVERHEAD } from '../../src/wire/datagram.js';
 import { createTopology, netnsUnavailableReason, type Impairment } from '../netns/topology.js';
 import { runNetnsScatter } from '../netns/scatter-run.js';
 import { makeFleet } from './fleet.js';
@@ -81,11 +81,17 @@ describe.skipIf(reason !== null && process.env.CI !== 'true')('scatter across ne
           expect(rep.held).toEqual(want);
         }
         const s = r.sender.sender;
-        // The pacing counts a datagram as the link does (FRAME_OVERHEAD): what the sender's
-        // interface counted is its datagrams so counted, plus about 40 small frames of ARP, IGMP
-        // and IPv6 (~4 KB here; counting only IP and UDP headers would leave 14 bytes more per
-        // datagram, 18-56 KB in these cases).
-        const framed = s.bytesSent + s.datagrams * FRAME_OVERHEAD;
+        // First passes went several datagrams per send (UDP GSO), through the bridge and netem
+        // to the receivers' sockets.
+        expect(s.segmentation).toEqual({ segmentBytes: datagramLayout(c.mtu, true).maxDatagramBytes });
+        // Repairs and control messages go one per send, and so does the first pass while the
+        // pacing has backed off under loss (tokens for a datagram or two at a time).
+        const batched = c.impair?.loss ? 1 : c.mtu === 9000 ? 0.3 : 0.6;
+        expect(s.sends - s.repairs).toBeLessThan((s.datagrams - s.repairs) * batched);
+        // What the sender's interface counted: its payload, with headers (FRAME_OVERHEAD) once
+        // per send, as a segmented send crosses the veth as one packet, plus about 40 small
+        // frames of ARP, IGMP and IPv6 (~4 KB here).
+        const framed = s.bytesSent + s.sends * FRAME_OVERHEAD;
         const txBytes = (await topo.linkCounters()).sender.txBytes - before.sender.txBytes;
         expect(txBytes - framed).toBeGreaterThanOrEqual(0);
         expect(txBytes - framed).toBeLessThan(8192);
@@ -107,7 +113,9 @@ describe.skipIf(reason !== null && process.env.CI !== 'true')('scatter across ne
         }
         if (c.impair?.loss) {
           const drops = await topo.impairmentDrops();
-          expect(drops.every((d) => d > 0)).toBe(true);
+          // netem drops a segmented send whole: at 1%, a link sees a few hundred packets and may
+          // lose none of them, so the drops are counted over all links.
+          expect(drops.reduce((a, d) => a + d, 0)).toBeGreaterThan(0);
           expect(s.repairs).toBeGreaterThan(0);
         }
         if (c.impair?.duplicate) expect(r.receivers.reduce((a, x) => a + x.counters.duplicates, 0)).toBeGreaterThan(0);

@@ -28,6 +28,7 @@ import {
   encodeStatusBody,
   encodeU32Body,
   fragmentSpan,
+  leadingDatagramLength,
   newHeader,
   parseAuthKey,
   writeHeader,
@@ -148,6 +149,41 @@ describe('datagram header', () => {
     // Body decoders refuse wrong sizes.
     expect(decodeJoinBody(st, decodeHeader(st)!)).toBeNull();
     expect(decodeStatsBody(st, decodeHeader(st)!)).toBeNull();
+  });
+});
+
+describe('coalesced reads (UDP GRO)', () => {
+  it('finds where the first datagram ends, from its DATA header', () => {
+    const key = randomBytes(16);
+    const auth = new DatagramAuth(key, SENDER_ORIGIN);
+    const full = [dataDatagram([1, 2], { seq: 0, auth }), dataDatagram([3, 4], { seq: 1, auth }), dataDatagram([5, 6], { seq: 2, auth })];
+    const last = dataDatagram([7], { seq: 3, auth });
+    const read = Buffer.concat([...full, last]);
+    const first = leadingDatagramLength(read);
+    expect(first).toBe(full[0]!.length);
+    // Split as the receiver does: every piece is one of the datagrams sent, intact.
+    const pieces: Buffer[] = [];
+    for (let off = 0; off < read.length; off += first) pieces.push(read.subarray(off, Math.min(off + first, read.length)));
+    expect(pieces).toEqual([...full, last]);
+    const h = newHeader();
+    for (const p of pieces) {
+      expect(decodeHeader(p, h)).not.toBeNull();
+      expect(new DatagramAuth(key, 0).verify(p, SENDER_ORIGIN)).toBe(true);
+    }
+    // A fragment's length comes from its index and count; the last fragment of a page is shorter.
+    const frag = (index: number): Buffer => {
+      const span = fragmentSpan(index, 3);
+      const b = Buffer.alloc(HEADER_BYTES + span.length);
+      writeHeader(b, 0, Kind.DATA, 0, 7, 3, index, 9, 1, index, 3);
+      return b;
+    };
+    expect(leadingDatagramLength(Buffer.concat([frag(0), frag(1), frag(2)]))).toBe(frag(0).length);
+    expect(leadingDatagramLength(frag(2))).toBe(frag(2).length);
+    // Anything but DATA, and DATA longer than the read, count as the whole read.
+    const poll = encodeControl(Kind.POLL, 1, 2, 3, 4, encodeU32Body(5));
+    expect(leadingDatagramLength(Buffer.concat([poll, poll]))).toBe(2 * poll.length);
+    expect(leadingDatagramLength(full[0]!.subarray(0, 100))).toBe(100);
+    expect(leadingDatagramLength(Buffer.alloc(0))).toBe(1);
   });
 });
 
@@ -316,6 +352,9 @@ describe('fuzz: decoding bytes from the network never throws', () => {
         if (rnd() < 0.3) b = b.subarray(0, Math.floor(rnd() * b.length));
         if (rnd() < 0.1) b = Buffer.concat([b, Buffer.alloc(Math.floor(rnd() * 64))]);
       }
+      const first = leadingDatagramLength(b);
+      expect(first).toBeGreaterThanOrEqual(1);
+      expect(first).toBeLessThanOrEqual(Math.max(1, b.length));
       const got = decodeHeader(b, h);
       if (n % 10 === 0) expect(auth.verify(b, SENDER_ORIGIN)).toBe(false);
       if (!got) continue;
