@@ -69,8 +69,18 @@ export interface ScatterSenderOptions {
   helloTimeoutMs?: number;
   /** Repair rounds per group before giving up on the targets still lacking data (default 60). */
   maxPollRounds?: number;
-  /** Give up on a target that has not answered this many polls in a row (default 8). */
+  /**
+   * Give up on a target that has not answered this many polls in a row (default 8), when its
+   * silence has also lasted silentGiveUpMs.
+   */
   maxSilentPolls?: number;
+  /**
+   * ...and it has answered nothing, in any group, for this long (default 1000 ms). Polls go every
+   * 30 ms or more, and a receiver descheduled on a busy host misses 8 of them in a quarter of a
+   * second (on the scatter bench's topology receivers' event loops stalled for up to 250 ms); a
+   * target that is gone has long been silent when the next group polls it.
+   */
+  silentGiveUpMs?: number;
   /**
    * Give up on a target that answers but whose count of received datagrams has not grown over
    * this many polls in a row, while 32 or more repairs of datagrams it asked for went out since
@@ -240,6 +250,8 @@ interface TargetState {
   counters: ReceiverCounters | null;
   byeAcked: boolean;
   doneResentAt: number;
+  /** When it last answered: a poll (STATUS, any group) or with a new membership (JOIN); performance.now(). */
+  answeredAt: number;
 }
 
 interface GroupTx {
@@ -366,6 +378,7 @@ export class ScatterSender {
       counters: null,
       byeAcked: false,
       doneResentAt: 0,
+      answeredAt: -Infinity,
     }));
     const rate = o.rateBytesPerSec ?? 125e6;
     const wireBytes = this.layout.maxDatagramBytes + FRAME_OVERHEAD;
@@ -902,6 +915,7 @@ export class ScatterSender {
   private pollAndFinishGroups(now: number): void {
     const maxRounds = this.o.maxPollRounds ?? 60;
     const maxSilent = this.o.maxSilentPolls ?? 8;
+    const silentMs = this.o.silentGiveUpMs ?? 1000;
     for (const tx of this.orderTx) {
       if (tx.state !== GState.Repairing) continue;
       const pending = tx.members.filter((t) => !tx.complete.has(t) && !tx.gaveUp.has(t) && !this.targets[t]!.absent && this.targets[t]!.peer);
@@ -921,7 +935,7 @@ export class ScatterSender {
       for (const t of pending) {
         const silent = (tx.silent.get(t) ?? 0) + 1;
         tx.silent.set(t, silent);
-        if (silent > maxSilent) {
+        if (silent > maxSilent && now - this.targets[t]!.answeredAt >= silentMs) {
           tx.gaveUp.add(t);
           continue;
         }
@@ -1159,6 +1173,9 @@ export class ScatterSender {
         t.peer = { address: from.address, port: from.port };
         t.absent = false;
         if (h.seq >= t.joinVersion || t.joinVersion - h.seq > 0x7fffffff) {
+          // A new membership (its first, or one a DONE or its window moved to) is an answer;
+          // a repeated one, from a target that hears no JOIN_ACK, is not.
+          if (h.seq !== t.joinVersion) t.answeredAt = now;
           t.joinVersion = h.seq;
           t.joined = new Set(groups);
         }
@@ -1205,6 +1222,7 @@ export class ScatterSender {
         if (!tx || !st) return void this.stats.malformed++;
         if (!tx.members.includes(t.index)) return void this.stats.foreign++;
         tx.silent.set(t.index, 0);
+        t.answeredAt = now;
         if (h.seq === tx.pollRound && tx.pollSentAt > 0) {
           const rtt = now - tx.pollSentAt;
           this.rttMs = 0.8 * this.rttMs + 0.2 * Math.min(rtt, 500);

@@ -100,6 +100,12 @@ export interface Impairment {
    * coalesce.
    */
   offload?: boolean;
+  /**
+   * Per receiving interface address: from `afterMs` after its first delivery, hold everything
+   * sent to it for `forMs` and hand it over then, as to a receiver descheduled on a busy host
+   * (its socket buffer keeps what arrives meanwhile).
+   */
+  stallByIface?: Record<string, { afterMs: number; forMs: number }>;
   /** Deterministic PRNG seed. */
   seed?: number;
 }
@@ -119,6 +125,8 @@ export class MemoryNetwork implements ScatterNetwork {
   coalesced = 0;
   /** Per interface address: most groups joined at once (for window checks). */
   readonly maxJoined = new Map<string, number>();
+  /** Per interface address with a stall: when its first delivery came. */
+  private readonly firstDelivery = new Map<string, number>();
 
   constructor(private readonly impair: Impairment = {}) {
     this.rng = (impair.seed ?? 12345) >>> 0 || 1;
@@ -199,9 +207,22 @@ export class MemoryNetwork implements ScatterNetwork {
           s.onMessage(copy.subarray(off, Math.min(off + segment, copy.length)), { ...from });
         }
       };
-      if (late) setTimeout(fire, i.reorderDelayMs ?? 5);
+      const held = this.stalledFor(s.iface);
+      if (held > 0) setTimeout(fire, held + (late ? (i.reorderDelayMs ?? 5) : 0));
+      else if (late) setTimeout(fire, i.reorderDelayMs ?? 5);
       else setImmediate(fire);
     }
+  }
+
+  /** Ms a delivery to `iface` now is held by its stall (0: none). */
+  private stalledFor(iface: string): number {
+    const stall = this.impair.stallByIface?.[iface];
+    if (!stall) return 0;
+    const now = performance.now();
+    const first = this.firstDelivery.get(iface) ?? now;
+    this.firstDelivery.set(iface, first);
+    const from = first + stall.afterMs;
+    return now >= from && now < from + stall.forMs ? from + stall.forMs - now : 0;
   }
 
   private rand(): number {

@@ -263,6 +263,31 @@ describe('scatter over the in-memory network', () => {
     expect(run.result.sender.joinsMissing).toBeGreaterThan(0);
   });
 
+  it('waits out a receiver that stops answering for 600 ms (descheduled), and repairs it to the end', async () => {
+    const fleet = makeFleet(3000);
+    // Everything sent to target 2 from 20 ms after its first datagram is held for 600 ms: the
+    // sender's polls go unanswered, 8 of them within a quarter of a second.
+    const run = await scatter(fleet, { impair: { stallByIface: { [iface(2)]: { afterMs: 20, forMs: 600 } } } });
+    expectExact(fleet, run);
+    for (const g of run.result.sender.groups) expect(g.incomplete).toEqual([]);
+  });
+
+  it('gives up on a receiver that is gone after a second of silence, and at once in the groups after', async () => {
+    const fleet = makeFleet(3000);
+    const run = await scatter(fleet, {
+      impair: { stallByIface: { [iface(2)]: { afterMs: 20, forMs: 60_000 } } },
+      receiver: (t) => (t === 2 ? { idleTimeoutMs: 500 } : {}),
+    });
+    const s = run.result.sender;
+    const withT2 = s.groups.filter((g) => g.targets.includes(2));
+    expect(withT2.length).toBeGreaterThan(2);
+    for (const g of s.groups) expect(g.incomplete.includes(2)).toBe(g.targets.includes(2));
+    for (const t of [0, 1, 3]) expect(run.result.targets[t]!.complete).toBe(true);
+    // The groups polling it in its first second of silence wait that second out (the window
+    // holds 3); every later one gives up after its 9 unanswered polls, not the 60-round limit.
+    expect(withT2.filter((g) => g.pollRounds <= 10).length).toBeGreaterThanOrEqual(withT2.length - 3);
+  });
+
   it('gives up on a target whose path drops the data but not the control (a smaller MTU), in every group', async () => {
     const fleet = makeFleet(3000);
     // Target 1's path carries 1500-byte frames: its polls, NACKs and reports get through, the
