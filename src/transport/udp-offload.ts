@@ -1,6 +1,8 @@
 /**
- * Linux UDP offloads on a dgram socket's descriptor, set with the `sockopt` package (dgram
- * exposes neither option):
+ * Linux UDP offloads on a dgram socket's descriptor, set with the optional package `sockopt`
+ * (dgram exposes neither option). It compiles a small N-API addon at install (g++ and Node's
+ * headers): the prebuilt binaries its 2.0.1 tarball ships are all macOS ones, so on Linux it
+ * builds, and where it cannot the install leaves it out and the scatter runs without offloads.
  *
  * - Segmentation (UDP_SEGMENT, "UDP GSO", Linux 4.18): one send of up to 64 KiB leaves as
  *   datagrams of the segment size, all but the last exactly that long. The stack handles the
@@ -43,7 +45,7 @@ function setsockopt(): SetSockOpt | string {
     // deprecated (DEP0112, a warning on every process), so it gets the descriptor this way.
     loaded = (fd, level, name, value) => m.setsockopt({ _handle: { fd } }, level, name, value);
   } catch (err) {
-    loaded = `the optional package sockopt could not be loaded (${(err as Error).message.split('\n')[0]})`;
+    loaded = `the optional package sockopt is not there or did not build (it compiles at install, with g++ and Node's headers): ${(err as Error).message.split('\n')[0]}`;
   }
   return loaded;
 }
@@ -57,6 +59,12 @@ function set(fd: number, name: number, value: number, what: string): string | nu
   } catch (err) {
     return `${what} refused by the kernel (${(err as Error).message})`;
   }
+}
+
+/** Null when the offloads can be asked of the kernel here, else why not (tests skip on it). */
+export function offloadUnavailableReason(): string | null {
+  const fn = setsockopt();
+  return typeof fn === 'string' ? fn : null;
 }
 
 /** Segment sends on `fd` into datagrams of `bytes` (0: off). Null when done, else why not. */

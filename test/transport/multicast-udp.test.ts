@@ -9,8 +9,11 @@
 import { describe, expect, it } from 'vitest';
 import { multicastUdpNetwork } from '../../src/transport/multicast-udp.js';
 import type { Peer, ScatterSocket } from '../../src/transport/scatter-transport.js';
+import { offloadUnavailableReason } from '../../src/transport/udp-offload.js';
 
 const IFACE = '127.0.0.1';
+const offloadReason = offloadUnavailableReason();
+if (offloadReason && process.env.CI !== 'true') console.warn(`UDP offload tests skipped: ${offloadReason}`);
 
 /** Datagram i: runs of ten of one length (the polled path reuses its view of them), then another. */
 function datagram(i: number): Buffer {
@@ -152,8 +155,14 @@ describe('multicast UDP sockets', () => {
     }
     expect(rx.readQueued!()).toBe(0);
   });
+});
 
-  it('segments a send into datagrams of the segment size; a coalescing socket reads them at once, another one by one', async () => {
+describe.skipIf(offloadReason !== null && process.env.CI !== 'true')('multicast UDP sockets with UDP offloads', () => {
+  it.runIf(offloadReason !== null)('has its prerequisites (CI)', () => {
+    throw new Error(`UDP offload tests cannot run under CI: ${offloadReason}`);
+  });
+
+  it.skipIf(offloadReason !== null)('segments a send into datagrams of the segment size; a coalescing socket reads them at once, another one by one', async () => {
     const SEG = 8248;
     // 6 full segments and a shorter last one, as the sender batches a group's tail.
     const batch = Array.from({ length: 7 }, (_, i) => {
@@ -185,7 +194,7 @@ describe('multicast UDP sockets', () => {
     }
   });
 
-  it('turns segmentation off for good after a send fails with it on, and says so', async () => {
+  it.skipIf(offloadReason !== null)('turns segmentation off for good after a send fails with it on, and says so', async () => {
     const reads: number[] = [];
     const { send, rx, group, port } = await groupPair((msg) => reads.push(msg.length), { segmentBytes: 1000 });
     try {
