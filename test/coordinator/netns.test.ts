@@ -100,7 +100,7 @@ describe.skipIf(reason !== null && process.env.CI !== 'true').each(LINKS)('coord
     const stopped = job.report.scatter!.notes.filter((n) => n.startsWith('repairs stopped for'));
     if (t1Mtu) {
       // t1 got none of the multicast data; the source gave up repairing it after one more pass.
-      expect(stopped).toEqual([expect.stringMatching(/^repairs stopped for t1: .*check its MTU/)]);
+      expect(stopped, `scatter: ${JSON.stringify(job.report.scatter)}`).toEqual([expect.stringMatching(/^repairs stopped for t1: .*check its MTU/)]);
       expect(job.report.scatter!.notes).toContainEqual(expect.stringMatching(/^incomplete after repair: t1 /));
     } else {
       expect(stopped).toEqual([]);

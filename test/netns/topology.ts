@@ -109,10 +109,22 @@ export class Topology {
     return via;
   }
 
-  /** Give receiver i's link (its eth0 and its bridge port) another MTU, e.g. smaller than a session's. */
+  /**
+   * Give receiver i's link (its eth0 and its bridge port) another MTU, e.g. smaller than a
+   * session's. The bridge forwards a GSO packet (a segmented UDP send) whatever its segments'
+   * size (is_skb_forwardable), where a physical link would drop each segment larger than its MTU;
+   * so the port also gets a tbf whose peak-rate bucket holds one frame of the MTU, which drops
+   * larger frames and GSO packets whose segments are larger (checked here: 1,472-byte datagrams
+   * pass, 1,473 and segments of 8,220 do not).
+   */
   async setReceiverMtu(i: number, mtu: number): Promise<void> {
-    await run('ip', ['-n', this.bridgeNs, 'link', 'set', `p-r${i + 1}`, 'mtu', String(mtu)]);
+    const port = `p-r${i + 1}`;
+    await run('ip', ['-n', this.bridgeNs, 'link', 'set', port, 'mtu', String(mtu)]);
     await run('ip', ['-n', this.receiverNs(i), 'link', 'set', 'eth0', 'mtu', String(mtu)]);
+    // Under an impairment's htb (topology.sh impair), as the leaf of its default class.
+    const impaired = (await run('tc', ['-n', this.bridgeNs, 'qdisc', 'show', 'dev', port])).stdout.includes('htb 1:');
+    const frame = ['tbf', 'rate', '10gbit', 'burst', '64kb', 'peakrate', '20gbit', 'mtu', String(mtu + 14), 'limit', '10mb'];
+    await run('tc', ['-n', this.bridgeNs, 'qdisc', 'replace', 'dev', port, ...(impaired ? ['parent', '1:10', 'handle', '10:'] : ['root']), ...frame]);
   }
 
   /** Kernel counters of eth0 in every host namespace (sender first), from `ip -s -j link show`. */
