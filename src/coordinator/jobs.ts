@@ -80,6 +80,8 @@ interface Runtime {
   ac: AbortController;
   /** The job's source agent was found lost and has not reported since. */
   sourceLost?: boolean;
+  /** Ends the job `interrupted` when the grace for its lost source runs out. */
+  graceTimer?: NodeJS.Timeout;
   closeStream?: () => void;
   persistTimer?: NodeJS.Timeout;
   subscribers: Set<Subscriber>;
@@ -410,7 +412,13 @@ export class JobManager {
           this.finalize(job, lostSource(job, this.o.cfg.coordinator));
           continue;
         }
-        this.runtimeOf(job).sourceLost = true;
+        const rt = this.runtimeOf(job);
+        rt.sourceLost = true;
+        // On time, not when the follow loop next looks: a stopped source keeps its connection
+        // open, and the loop notices only when the stream's silence watchdog (20 s) and a
+        // reconnect's header timeout (15 s) have run out.
+        if (rt.graceTimer) clearTimeout(rt.graceTimer);
+        rt.graceTimer = setTimeout(() => this.sourceGraceOver(job.id), grace);
         this.push(job, {
           type: 'job',
           state: job.state,
@@ -433,8 +441,17 @@ export class JobManager {
       const rt = this.runtime.get(job.id);
       if (TERMINAL_STATES.has(job.state) || job.source !== a.name || !rt?.sourceLost) continue;
       delete rt.sourceLost;
+      if (rt.graceTimer) clearTimeout(rt.graceTimer);
+      delete rt.graceTimer;
       this.push(job, { type: 'job', state: job.state, detail: `source agent ${a.name} is back: following its run again` });
     }
+  }
+
+  /** The grace for a job's lost source ran out: unless it is back, the job ends interrupted. */
+  private sourceGraceOver(id: string): void {
+    const job = this.jobs.get(id);
+    if (!job || TERMINAL_STATES.has(job.state) || !this.o.registry.isGone(job.source)) return;
+    this.finalize(job, lostSource(job, this.o.cfg.coordinator));
   }
 
   // ---------------------------------------------------------------- events
@@ -605,6 +622,7 @@ export class JobManager {
     if (rt) {
       rt.closeStream?.();
       if (rt.persistTimer) clearTimeout(rt.persistTimer);
+      if (rt.graceTimer) clearTimeout(rt.graceTimer);
       for (const s of rt.subscribers) s.end();
       rt.subscribers.clear();
       this.runtime.delete(job.id);

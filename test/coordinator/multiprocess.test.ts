@@ -9,7 +9,9 @@
  *  - a target that stops answering (SIGSTOP) is found lost, its VM's job fails, the source runs;
  *  - a source that stops answering is lost, and its job waits for it: back, the job ends with
  *    what its run did;
- *  - the coordinator is killed mid-job and restarted: it re-attaches and the job's end is visible.
+ *  - the coordinator is killed mid-job and restarted: it re-attaches and the job's end is visible;
+ *  - with a short grace (a coordinator of its own), a source that does not come back in time
+ *    ends its job interrupted.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -249,5 +251,68 @@ describe('coordinator and agents as processes on loopback', () => {
     const details = (await readSse(`${url}/v1/jobs/${id}/events`, TOKEN)).filter((m) => m.event === 'job').map((m) => String(m.data.detail));
     expect(details).toContainEqual(expect.stringMatching(/^source agent s3 lost .*waiting up to 60 s for it to come back$/));
     expect(details).toContainEqual('source agent s3 is back: following its run again');
+  }, 90_000);
+});
+
+describe('a coordinator with a short grace for lost sources', () => {
+  const GRACE_MS = 1500;
+  let url2 = '';
+  let dir2 = '';
+
+  beforeAll(async () => {
+    dir2 = mkdtempSync(join(tmpdir(), 'vmscatter-mp-grace-'));
+    const c = cli('coordinator-grace', [
+      'coordinator',
+      '--listen',
+      `127.0.0.1:${await freePort()}`,
+      '--state-dir',
+      dir2,
+      '--heartbeat-ms',
+      String(HEARTBEAT_MS),
+      '--lost-after-ms',
+      String(LOST_AFTER_MS),
+      '--source-grace-ms',
+      String(GRACE_MS),
+      '--log-level',
+      'warn',
+    ]);
+    procs.push(c);
+    url2 = (await c.line(/listening on (http:\/\/\S+)/, 60_000))[1]!;
+    const agent = (name: string, role: string, extra: string[]): Proc => {
+      const p = cli(name, ['agent', '--role', role, '--name', name, '--listen', '127.0.0.1:0', '--coordinator', url2, '--log-level', 'warn', ...extra]);
+      procs.push(p);
+      return p;
+    };
+    // About 11 MB of non-zero pages at 3 MiB/s: the VM streams for seconds.
+    const agents = [
+      agent('s4', 'source', ['--fleet', 'sim:vms=1,memoryMiB=32,dirtyPagesPerSec=100,workingSetPages=256,seed=120', '--max-bandwidth-mibps', '3']),
+      agent('t4', 'target', ['--capacity-mib', '1024']),
+    ];
+    await Promise.all(agents.map((a) => a.line(/listening on/, 60_000)));
+    await waitFor('s4 and t4 ready', async () => (await api<{ agents: Agent[] }>(url2, '/v1/agents')).body.agents.filter((a) => a.state === 'ready').length === 2, 30_000);
+  }, 120_000);
+
+  afterAll(() => {
+    if (dir2) rmSync(dir2, { recursive: true, force: true });
+  });
+
+  it('a source that does not come back within the grace ends its job interrupted, saying what is unknown', async () => {
+    const job2 = async (id: string): Promise<Job> => (await api<Job>(url2, `/v1/jobs/${id}`)).body;
+    const r = await api<Job>(url2, '/v1/migrations', { body: { pairs: [{ vm: 's4-vm0', target: 't4' }] } });
+    expect(r.status).toBe(202);
+    const id = r.body.id;
+    await waitFor(`a VM of ${id} to stream`, async () => (await job2(id)).vms.some((v) => v.state === 'migrating' && (v.progress?.done ?? 0) > 0), 30_000, 50);
+    const s4 = procs.find((p) => p.name === 's4')!;
+    process.kill(s4.child.pid!, 'SIGSTOP');
+    try {
+      // Lost after LOST_AFTER_MS, then the grace; the job follows its source every 2 s at most.
+      const end = await waitFor(`job ${id} to end`, async () => ((j) => (TERMINAL.includes(j.state) ? j : undefined))(await job2(id)), LOST_AFTER_MS + GRACE_MS + 15_000, 200);
+      expect(end.state).toBe('interrupted');
+      expect(end.error?.message).toMatch(/^source agent s4 lost \(no heartbeat for 5 s\): what its run did since is unknown here/);
+      const details = (await readSse(`${url2}/v1/jobs/${id}/events`, TOKEN)).filter((m) => m.event === 'job').map((m) => String(m.data.detail));
+      expect(details).toContainEqual(expect.stringMatching(/^source agent s4 lost .*waiting up to 2 s for it to come back$/));
+    } finally {
+      process.kill(s4.child.pid!, 'SIGCONT');
+    }
   }, 90_000);
 });
