@@ -35,7 +35,9 @@ interface Case {
 const cases: Case[] = [
   { name: 'MTU 9000, clean link, IGMP joins seen by the network', mtu: 9000, contents: 3000, digests: true },
   { name: 'MTU 1500, clean link', mtu: 1500, contents: 1500 },
-  { name: 'MTU 9000, 1% loss, some contents left to converge', mtu: 9000, contents: 3000, impair: { loss: 0.01 }, skipEvery: 9 },
+  // 6,000 contents: in segmented sends of up to 7 datagrams, 3,000 made few enough packets that
+  // 1% loss now and then struck only control messages, and nothing needed repair.
+  { name: 'MTU 9000, 1% loss, some contents left to converge', mtu: 9000, contents: 6000, impair: { loss: 0.01 }, skipEvery: 9 },
   { name: 'MTU 9000, 5% loss', mtu: 9000, contents: 3000, impair: { loss: 0.05 } },
   { name: 'MTU 9000, 5% reordering and 5% duplication', mtu: 9000, contents: 3000, impair: { reorder: 0.05, duplicate: 0.05 } },
   { name: 'MTU 1500, 5% loss, 2% reordering, 2% duplication', mtu: 1500, contents: 1200, impair: { loss: 0.05, reorder: 0.02, duplicate: 0.02 } },
