@@ -124,9 +124,7 @@ export function multicastUdpNetwork(opts: MulticastUdpOptions = {}): ScatterNetw
         let polledReads = 0;
         let pollTimer: NodeJS.Timeout | null = null;
         let pollNow: NodeJS.Immediate | null = null;
-        /** Bytes the last readQueue() read. */
-        let readBytes = 0;
-        /** Read queued datagrams until `maxBytes` or `maxReads` are read, handing them over; the reads made. */
+        /** Read queued datagrams until `maxBytes` or `maxReads` are read, handing them over; the bytes read. */
         const readQueue = (maxBytes: number, maxReads = Infinity): number => {
           const buf = scratch!;
           let bytes = 0;
@@ -143,14 +141,12 @@ export function multicastUdpNetwork(opts: MulticastUdpOptions = {}): ScatterNetw
             if (view === null || view.length !== n) view = buf.subarray(0, n);
             o.onMessage(view, source!);
           }
-          readBytes = bytes;
-          return reads;
+          return bytes;
         };
         const poll = (): void => {
           pollTimer = null;
           pollNow = null;
           const got = readQueue(maxDrainBytes);
-          const full = readBytes >= maxDrainBytes;
           if (closed) return;
           if (got > 0) emptyPolls = 0;
           else if (++emptyPolls >= POLL_IDLE_TICKS) {
@@ -159,7 +155,7 @@ export function multicastUdpNetwork(opts: MulticastUdpOptions = {}): ScatterNetw
             return;
           }
           // A full budget: more is queued, read it after this turn's other events.
-          if (full) pollNow = setImmediate(poll);
+          if (got >= maxDrainBytes) pollNow = setImmediate(poll);
           else pollTimer = setTimeout(poll, POLL_MS);
         };
         const onBindError = (err: Error): void => {
@@ -211,7 +207,10 @@ export function multicastUdpNetwork(opts: MulticastUdpOptions = {}): ScatterNetw
               return polledReads;
             },
             readQueued() {
-              return handle && !closed ? readQueue(Infinity, READ_QUEUED_MAX) : 0;
+              if (!handle || closed) return 0;
+              const before = polledReads;
+              readQueue(Infinity, READ_QUEUED_MAX);
+              return polledReads - before;
             },
             local: { address: a.address, port: a.port },
             close() {
