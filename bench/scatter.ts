@@ -265,6 +265,7 @@ async function runVmscatter(topo: Topology, link: string, pages: number, expectD
     commands: r.commands,
     notes: [
       `rate ceiling ${Math.round(rate / 1e6)} MB/s, final ${Math.round(s.finalRateBytesPerSec / 1e6)} MB/s after ${s.rateBackoffs} backoffs`,
+      `flow control: ${s.flow.offeredBytes ? `receivers' socket buffers hold ${(s.flow.offeredBytes / 1048576).toFixed(1)} MiB (smallest offer); ` : ''}first pass held ${s.flow.holds} times at a receiver's window, ${Math.round(s.flow.heldMs)} ms in all`,
       `${s.datagrams} datagrams in ${s.sends} sends (${s.segmentation.segmentBytes ? `segmented by ${s.segmentation.segmentBytes} bytes, UDP GSO` : `one per send${s.segmentation.note ? `: ${s.segmentation.note}` : ''}`})`,
       `receiver CPU per content MB (user+sys ms): ${r.receivers.map((x) => ((x.cpuMs.user + x.cpuMs.system) / (bytes / 1e6)).toFixed(2)).join(' ')}; per datagram (us): ${r.receivers.map((x) => (((x.cpuMs.user + x.cpuMs.system) * 1000) / Math.max(1, x.counters.datagrams)).toFixed(1)).join(' ')} (of which user: ${r.receivers.map((x) => ((x.cpuMs.user * 1000) / Math.max(1, x.counters.datagrams)).toFixed(1)).join(' ')}); event-loop delay max (ms): ${r.receivers.map((x) => Math.round(x.loopDelayMs.max)).join(' ')}`,
       `sender CPU per datagram (user+sys us, kernel delivery to the bridge included): ${senderCpu ? `${(((senderCpu.user + senderCpu.system) * 1000) / Math.max(1, s.datagrams)).toFixed(1)} (of which user: ${((senderCpu.user * 1000) / Math.max(1, s.datagrams)).toFixed(1)})` : '?'}`,

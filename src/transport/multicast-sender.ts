@@ -30,6 +30,7 @@ import {
   decodeSeqSet,
   decodeStatsBody,
   decodeStatusBody,
+  decodeU32Body,
   encodeControl,
   encodeU32Body,
   fragmentSpan,
@@ -63,6 +64,22 @@ export interface ScatterSenderOptions {
   rateFloorFraction?: number;
   /** NACKed/sent fraction above which the rate backs off (default 0.03). */
   backoffLoss?: number;
+  /**
+   * Flow control: a group's first pass runs ahead of what a member has read (its PROGRESS) by
+   * at most the bytes its socket buffer holds, as it says in the same message, and at most this
+   * many bytes whatever it says (default 16 MiB; 0: flow control off). A sender that runs ahead
+   * of a receiver fills its socket buffer, and the overflow is lost: it must be repaired, and the
+   * loss makes the sender cut its rate. That happens whenever a receiver falls behind for a few
+   * ms, as on a host where receivers share CPU with the sender. Members that never sent PROGRESS
+   * (receivers without flow control) do not hold the first pass.
+   */
+  flowWindowBytes?: number;
+  /**
+   * A member whose PROGRESS has not advanced for this long stops holding the first pass (default
+   * 100 ms): a receiver that stalls longer (or is gone) loses the overflow and asks for repairs,
+   * the others go on. It holds it again once its PROGRESS advances.
+   */
+  flowStallMs?: number;
   /** Wait this long for a group's members to confirm their join (default 2000 ms). */
   joinTimeoutMs?: number;
   /** Wait this long for a target's first hello before treating it as absent (default 3000 ms). */
@@ -202,6 +219,12 @@ export interface SenderStats {
   igmp: { checked: boolean; reason?: string };
   rateBackoffs: number;
   finalRateBytesPerSec: number;
+  /**
+   * Flow control: the window's cap (flowWindowBytes, 0: off), the smallest window a member
+   * offered (null: none did), PROGRESS messages received, how often the first pass stopped at a
+   * member's window, and for how long in all (ms).
+   */
+  flow: { capBytes: number; offeredBytes: number | null; progress: number; holds: number; heldMs: number };
   elapsedMs: number;
   groups: GroupStats[];
 }
@@ -231,6 +254,8 @@ const RING = 4096;
 /** Contents resolved (contentBytes) at a time during a group's first pass. */
 const RESOLVE_CHUNK = 2048;
 const REPAIR_HOLDOFF_MIN_MS = 15;
+/** Default cap of the flow window: receivers offer less (their socket buffer). */
+const FLOW_WINDOW_BYTES = 16 * 1024 * 1024;
 
 const enum GState {
   Waiting,
@@ -250,8 +275,16 @@ interface TargetState {
   counters: ReceiverCounters | null;
   byeAcked: boolean;
   doneResentAt: number;
-  /** When it last answered: a poll (STATUS, any group) or with a new membership (JOIN); performance.now(). */
+  /** When it last answered: a poll (STATUS, any group), PROGRESS, or a new membership (JOIN); performance.now(). */
   answeredAt: number;
+  /** It has sent PROGRESS: it holds first passes within the flow window. */
+  paced: boolean;
+  /** Its latest PROGRESS: group, sequence read up to, and when that sequence last advanced. */
+  progressGroup: number;
+  progressSeq: number;
+  progressAt: number;
+  /** Datagrams the first pass may run ahead of progressSeq (its offer, within flowWindowBytes). */
+  flowWindow: number;
 }
 
 interface GroupTx {
@@ -337,6 +370,11 @@ export class ScatterSender {
   /** Sends in flight at most: each may hold up to maxSegments header slots of the ring. */
   private inFlightMax = RING - 2;
   private readonly burstDatagrams: number;
+  /** Flow window cap in bytes as configured, and in datagrams (0: off). */
+  private readonly flowWindowBytes: number;
+  private readonly flowWindow: number;
+  /** When the first pass stopped at the flow window (-1: it is not stopped there). */
+  private flowHeldSince = -1;
   private timer: NodeJS.Timeout | null = null;
   private running = false;
   private finished = false;
@@ -379,6 +417,11 @@ export class ScatterSender {
       byeAcked: false,
       doneResentAt: 0,
       answeredAt: -Infinity,
+      paced: false,
+      progressGroup: -1,
+      progressSeq: 0,
+      progressAt: -Infinity,
+      flowWindow: 0,
     }));
     const rate = o.rateBytesPerSec ?? 125e6;
     const wireBytes = this.layout.maxDatagramBytes + FRAME_OVERHEAD;
@@ -390,6 +433,9 @@ export class ScatterSender {
       floorFraction: o.rateFloorFraction ?? 0.05,
       backoffLoss: o.backoffLoss ?? 0.03,
     });
+    this.flowWindowBytes = o.flowWindowBytes ?? FLOW_WINDOW_BYTES;
+    if (!Number.isSafeInteger(this.flowWindowBytes) || this.flowWindowBytes < 0) throw new VmsError(ErrorCode.CONFIG, `flow window must be a whole number of bytes (0: off), got ${o.flowWindowBytes}`);
+    this.flowWindow = this.flowWindowBytes > 0 ? this.datagramsIn(this.flowWindowBytes) : 0;
     this.slotBytes = HEADER_BYTES + 4 * (this.layout.pagesPerDatagram - 1);
     this.slots = Buffer.alloc(RING * this.slotBytes);
     this.trailers = Buffer.alloc(RING * AUTH_TRAILER_BYTES);
@@ -418,6 +464,7 @@ export class ScatterSender {
       igmp: { checked: false },
       rateBackoffs: 0,
       finalRateBytesPerSec: rate,
+      flow: { capBytes: this.flowWindowBytes, offeredBytes: null, progress: 0, holds: 0, heldMs: 0 },
       elapsedMs: 0,
       groups: [],
     };
@@ -734,11 +781,20 @@ export class ScatterSender {
     const tx = this.orderTx.find((t) => t.state === GState.Sending);
     if (!tx) return moreWaiting;
     const gather = sock.segmentBytes > 0;
+    const flowLimit = this.flowLimit(tx, now);
     try {
       while (this.ensureResolved(tx, tx.nextSeq)) {
         if (sent >= this.burstDatagrams) return true;
         if (sock.issued - sock.completed >= this.inFlightMax) return true;
+        if (tx.nextSeq >= flowLimit) {
+          if (this.flowHeldSince < 0) {
+            this.flowHeldSince = now;
+            this.stats.flow.holds++;
+          }
+          return true;
+        }
         if (!this.bucket.take(this.datagramWireBytes(tx, tx.nextSeq), now)) return true;
+        this.flowReleased(now);
         this.sendData(tx, tx.nextSeq, 0, null, gather);
         tx.sentAt[tx.nextSeq] = now;
         tx.nextSeq++;
@@ -747,6 +803,7 @@ export class ScatterSender {
     } finally {
       this.flushBatch();
     }
+    this.flowReleased(now);
     // First pass over. Poll after a short grace: a poll overtaking the group's last datagrams
     // (they sit in another socket's buffer at the target) would make it NACK them for nothing.
     tx.state = GState.Repairing;
@@ -755,6 +812,40 @@ export class ScatterSender {
     tx.nextPollAt = now + Math.max(5, Math.min(50, this.rttMs / 2));
     this.phase = 'repair';
     return true;
+  }
+
+  /**
+   * One past the last datagram of `tx` the first pass may send now: the least, over members, of
+   * what a member has read plus its window (Infinity when flow control is off or no member holds
+   * it). A member holds it once it has sent PROGRESS in the job, when it confirmed its join
+   * before the group started and is not given up, and while its PROGRESS in this group advanced
+   * within flowStallMs (counted from the group's start before its first).
+   */
+  private flowLimit(tx: GroupTx, now: number): number {
+    if (this.flowWindow === 0) return Infinity;
+    const stallMs = this.o.flowStallMs ?? 100;
+    let slowest = Infinity;
+    for (const t of tx.members) {
+      const ts = this.targets[t]!;
+      if (!ts.paced || ts.absent || tx.gaveUp.has(t) || !tx.joinsConfirmed.includes(t)) continue;
+      const here = ts.progressGroup === tx.g.id;
+      if (now - (here ? ts.progressAt : tx.startedAt) > stallMs) continue;
+      const limit = (here ? ts.progressSeq : 0) + ts.flowWindow;
+      if (limit < slowest) slowest = limit;
+    }
+    return slowest;
+  }
+
+  /** Whole datagrams in `bytes` (at least 2, so that the window always moves). */
+  private datagramsIn(bytes: number): number {
+    return Math.max(2, Math.floor(bytes / this.layout.maxDatagramBytes));
+  }
+
+  /** The first pass goes on: account for the time it was held at the flow window. */
+  private flowReleased(now: number): void {
+    if (this.flowHeldSince < 0) return;
+    this.stats.flow.heldMs += now - this.flowHeldSince;
+    this.flowHeldSince = -1;
   }
 
   /** Bytes of DATA datagram `seq` as an Ethernet link carries it (what the pacing counts). */
@@ -1249,6 +1340,28 @@ export class ScatterSender {
         if (!ok) return void this.stats.malformed++;
         e.got[h.seq] = 1;
         e.gotN++;
+        return;
+      }
+      case Kind.PROGRESS: {
+        const tx = this.groups.get(h.group);
+        // It cannot have read what was not sent.
+        const offer = decodeU32Body(msg, h);
+        if (!tx || offer === null || h.seq > tx.nextSeq) return void this.stats.malformed++;
+        if (!tx.members.includes(t.index)) return void this.stats.foreign++;
+        this.stats.flow.progress++;
+        t.paced = true;
+        t.flowWindow = offer > 0 && offer < this.flowWindowBytes ? this.datagramsIn(offer) : this.flowWindow;
+        if (offer > 0 && offer < (this.stats.flow.offeredBytes ?? Infinity)) this.stats.flow.offeredBytes = offer;
+        t.answeredAt = now;
+        if (t.progressGroup !== h.group) {
+          t.progressGroup = h.group;
+          t.progressSeq = 0;
+        }
+        if (h.seq > t.progressSeq) {
+          t.progressSeq = h.seq;
+          t.progressAt = now;
+          if (this.flowHeldSince >= 0) this.schedule(0);
+        }
         return;
       }
       case Kind.STATS: {

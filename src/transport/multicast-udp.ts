@@ -97,6 +97,7 @@ export function multicastUdpNetwork(opts: MulticastUdpOptions = {}): ScatterNetw
         /** scratch.subarray(0, length), handed over again while datagrams keep that length. */
         let view: Buffer | null = null;
         const source = o.join !== undefined && opts.source ? { address: opts.source.address, port: opts.source.port } : null;
+        let recvBufferBytes = 0;
         // Segmentation (UDP GSO, udp-offload.ts), set once bound.
         let segmentBytes = 0;
         let offloadNote: string | null = null;
@@ -197,6 +198,7 @@ export function multicastUdpNetwork(opts: MulticastUdpOptions = {}): ScatterNetw
             get offloadNote() {
               return offloadNote;
             },
+            recvBufferBytes,
             get completed() {
               return completed;
             },
@@ -243,6 +245,7 @@ export function multicastUdpNetwork(opts: MulticastUdpOptions = {}): ScatterNetw
             sock.setMulticastTTL(1);
             sock.setMulticastLoopback(true);
             sock.setRecvBufferSize(o.recvBufferBytes ?? DEFAULT_RECV_BUFFER);
+            recvBufferBytes = sock.getRecvBufferSize();
             if (o.join) sock.addMembership(o.join, o.iface);
           } catch (err) {
             sock.close();

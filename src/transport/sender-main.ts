@@ -5,6 +5,7 @@
  *   ip netns exec NS node --import tsx src/transport/sender-main.ts \
  *     --session session.json --iface 10.200.0.1 --seed 7 --out result.json \
  *     [--skip-every K] [--rate BYTES_PER_S] [--wait-go] [--igmp auto|on|off] [--udp-offload on|off]
+ *     [--flow-window BYTES]
  *
  * Generates the contents, binds the session's sender address, prints "ready", (with --wait-go
  * waits for a "go" line on stdin), runs the scatter and writes the result as JSON.
@@ -21,7 +22,7 @@ async function main(): Promise<void> {
   const iface = args.get('iface');
   const seed = Number(args.get('seed') ?? 1);
   if (!sessionPath || !out || !iface) {
-    throw new Error('usage: sender-main --session FILE --iface ADDR --out FILE [--seed S] [--skip-every K] [--rate B/s] [--wait-go] [--igmp auto|on|off] [--udp-offload on|off]');
+    throw new Error('usage: sender-main --session FILE --iface ADDR --out FILE [--seed S] [--skip-every K] [--rate B/s] [--wait-go] [--igmp auto|on|off] [--udp-offload on|off] [--flow-window BYTES]');
   }
   const session = readSessionFile(sessionPath);
   const skipEvery = Number(args.get('skip-every') ?? 0);
@@ -39,6 +40,11 @@ async function main(): Promise<void> {
   if (args.has('rate')) o.rateBytesPerSec = Number(args.get('rate'));
   if (args.has('hello-timeout')) o.helloTimeoutMs = Number(args.get('hello-timeout'));
   if (args.has('join-timeout')) o.joinTimeoutMs = Number(args.get('join-timeout'));
+  if (args.has('flow-window')) {
+    const w = Number(args.get('flow-window'));
+    if (!Number.isInteger(w) || w < 0) throw new Error(`--flow-window must be a whole number of bytes (0: off), got ${args.get('flow-window')}`);
+    o.flowWindowBytes = w;
+  }
   const sender = await ScatterSender.open(o);
   process.stdout.write('ready\n');
   if (args.get('wait-go') === 'true') {

@@ -74,9 +74,16 @@ export const Kind = {
   STATS: 10,
   /** Source -> target: the job is over; target -> source: acknowledged. */
   BYE: 11,
+  /**
+   * Target -> source, during a group's first pass: it has read the group's datagrams up to
+   * `seq` (one past the highest sequence seen), and its socket buffer holds u32 body bytes of
+   * them (0: no limit offered). Sent every few dozen datagrams; the source keeps its first pass
+   * within that window of every member (flow control, multicast-sender.ts).
+   */
+  PROGRESS: 12,
 } as const;
 export type Kind = (typeof Kind)[keyof typeof Kind];
-const KIND_MAX = 11;
+const KIND_MAX = 12;
 
 export const Flag = {
   /** An authentication trailer follows the body. */

@@ -32,6 +32,8 @@ export interface NetnsScatterOptions {
   pagesPerDatagram?: number;
   /** UDP GSO on the sender and GRO on the receivers (default true). */
   udpOffload?: boolean;
+  /** The sender's flow window (bytes, 0: off; default the sender's). */
+  flowWindowBytes?: number;
 }
 
 export interface SenderOutput {
@@ -125,6 +127,7 @@ export async function runNetnsScatter(topo: Topology, o: NetnsScatterOptions): P
     if (o.skipEvery) sargs.push('--skip-every', String(o.skipEvery));
     if (o.rateBytesPerSec) sargs.push('--rate', String(o.rateBytesPerSec));
     if (o.udpOffload === false) sargs.push('--udp-offload', 'off');
+    if (o.flowWindowBytes !== undefined) sargs.push('--flow-window', String(o.flowWindowBytes));
     commands.push(`ip netns exec ${topo.senderNs} node ${sargs.join(' ')}`);
     const sender = topo.spawn(topo.senderNs, NODE_TSX[0]!, sargs);
     if (process.env.VMSCATTER_DEBUG) sender.stderr?.on('data', (d: Buffer) => process.stderr.write(`[sender] ${d.toString()}`));

@@ -14,6 +14,15 @@ export interface Fleet {
   needs: Uint32Array[];
 }
 
+/** One VM per target, every VM holding the same `contents`: a single group of every target. */
+export function sharedFleet(contents: number, targets = 4): Fleet {
+  const names = Array.from({ length: targets }, (_, i) => `t${i}`);
+  const all = Uint32Array.from({ length: contents }, (_, i) => i);
+  const vmContents = Object.fromEntries(names.map((_, t) => [`vm${t}`, all]));
+  const assignment = Object.fromEntries(names.map((_, t) => [`vm${t}`, t]));
+  return { plan: simpleGroups(assignment, vmContents, names), assignment, vmContents, needs: names.map(() => all) };
+}
+
 export function makeFleet(contents: number, targets = 4, vmsPerTarget = 2, seed = 1): Fleet {
   const names = Array.from({ length: targets }, (_, i) => `t${i}`);
   const assignment: Record<string, number> = {};

@@ -11,7 +11,7 @@ import { pageDigest, syntheticContentSource, syntheticPage } from '../../src/tra
 import { sessionFromPlan, type ScatterSession } from '../../src/transport/scatter-session.js';
 import { MemoryNetwork, type Impairment } from '../../src/transport/scatter-transport.js';
 import { ALL_GROUPS, AUTH_TRAILER_BYTES, decodeHeader, encodeControl, Flag, HEADER_BYTES, Kind, writeHeader } from '../../src/wire/datagram.js';
-import { makeFleet, type Fleet } from './fleet.js';
+import { makeFleet, sharedFleet, type Fleet } from './fleet.js';
 import { scatterOutcome } from '../../src/coordinator/loopback-scatter.js';
 
 const SEED = 77;
@@ -270,6 +270,37 @@ describe('scatter over the in-memory network', () => {
     const run = await scatter(fleet, { impair: { stallByIface: { [iface(2)]: { afterMs: 20, forMs: 600 } } } });
     expectExact(fleet, run);
     for (const g of run.result.sender.groups) expect(g.incomplete).toEqual([]);
+  });
+
+  it('holds its first pass at the window a receiver offers instead of overflowing its socket buffer (flow control)', async () => {
+    // One group of 6,000 contents (3,000 datagrams, 24 MB) to 4 targets with 1 MiB socket
+    // buffers (2 MiB granted); target 2 stops reading for 60 ms soon after its first datagram.
+    const fleet = sharedFleet(6000);
+    const stall = (forMs: number): Impairment => ({ stallByIface: { [iface(2)]: { afterMs: 20, forMs } } });
+    const small = (): Partial<ScatterReceiverOptions> => ({ recvBufferBytes: 1 << 20 });
+    const run = async (o: Parameters<typeof scatter>[1]): Promise<{ s: ScatterResult['sender']; overflowed: number }> => {
+      const r = await scatter(fleet, { receiver: small, ...o });
+      expectExact(fleet, r);
+      return { s: r.result.sender, overflowed: r.net.overflowed };
+    };
+    // Held for it (a long flowStallMs, so that a slow test host cannot matter): nothing lost.
+    const held = await run({ impair: stall(60), sender: { flowStallMs: 10_000 } });
+    expect(held.overflowed).toBe(0);
+    expect(held.s.repairs).toBe(0);
+    expect(held.s.flow.holds).toBeGreaterThan(0);
+    expect(held.s.flow.offeredBytes).toBeGreaterThan(0);
+    expect(held.s.flow.offeredBytes).toBeLessThanOrEqual(0.7 * (2 << 20));
+    // Without flow control, or with receivers that do not send PROGRESS: overflow, repaired.
+    for (const o of [{ sender: { flowWindowBytes: 0 } }, { receiver: () => ({ ...small(), progressEvery: 0 }) }]) {
+      const lost = await run({ impair: stall(60), ...o });
+      expect(lost.overflowed).toBeGreaterThan(0);
+      expect(lost.s.repairs).toBeGreaterThan(0);
+      expect(lost.s.flow.holds).toBe(0);
+    }
+    // A receiver stalled past flowStallMs (100 ms) stops holding the others: it overflows.
+    const past = await run({ impair: stall(600) });
+    expect(past.overflowed).toBeGreaterThan(0);
+    expect(past.s.flow.holds).toBeGreaterThan(0);
   });
 
   it('gives up on a receiver that is gone after a second of silence, and at once in the groups after', async () => {

@@ -331,6 +331,7 @@ describe('fuzz: decoding bytes from the network never throws', () => {
       encodeControl(Kind.REPORT, 1, 2, 0, 4, encodeReportBody(2, 5000, encodeSeqSet(() => true, 0, 5000, 1200).bytes)),
       encodeControl(Kind.STATS, 1, 0, 0, 0, Buffer.alloc(8 * 15)),
       encodeControl(Kind.STATUS, 1, 0, 0, 0, encodeStatusBody(1, 2)),
+      encodeControl(Kind.PROGRESS, 1, 0, 64, 2, encodeU32Body(3 << 20)),
     ];
     const h = newHeader();
     let accepted = 0;
