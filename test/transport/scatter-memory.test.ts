@@ -274,7 +274,8 @@ describe('scatter over the in-memory network', () => {
 
   it('holds its first pass at the window a receiver offers instead of overflowing its socket buffer (flow control)', async () => {
     // One group of 6,000 contents (3,000 datagrams, 24 MB) to 4 targets with 1 MiB socket
-    // buffers (2 MiB granted); target 2 stops reading for 60 ms soon after its first datagram.
+    // buffers (2 MiB granted); target 2 stops reading for 300 ms soon after its first datagram,
+    // long enough that even a slow, loaded test host sends more than its buffer holds meanwhile.
     const fleet = sharedFleet(6000);
     const stall = (forMs: number): Impairment => ({ stallByIface: { [iface(2)]: { afterMs: 20, forMs } } });
     const small = (): Partial<ScatterReceiverOptions> => ({ recvBufferBytes: 1 << 20 });
@@ -284,7 +285,7 @@ describe('scatter over the in-memory network', () => {
       return { s: r.result.sender, overflowed: r.net.overflowed };
     };
     // Held for it (a long flowStallMs, so that a slow test host cannot matter): nothing lost.
-    const held = await run({ impair: stall(60), sender: { flowStallMs: 10_000 } });
+    const held = await run({ impair: stall(300), sender: { flowStallMs: 10_000 } });
     expect(held.overflowed).toBe(0);
     expect(held.s.repairs).toBe(0);
     expect(held.s.flow.holds).toBeGreaterThan(0);
@@ -292,7 +293,7 @@ describe('scatter over the in-memory network', () => {
     expect(held.s.flow.offeredBytes).toBeLessThanOrEqual(0.7 * (2 << 20));
     // Without flow control, or with receivers that do not send PROGRESS: overflow, repaired.
     for (const o of [{ sender: { flowWindowBytes: 0 } }, { receiver: () => ({ ...small(), progressEvery: 0 }) }]) {
-      const lost = await run({ impair: stall(60), ...o });
+      const lost = await run({ impair: stall(300), ...o });
       expect(lost.overflowed).toBeGreaterThan(0);
       expect(lost.s.repairs).toBeGreaterThan(0);
       expect(lost.s.flow.holds).toBe(0);
