@@ -1344,8 +1344,8 @@ export class ScatterSender {
       }
       case Kind.PROGRESS: {
         const tx = this.groups.get(h.group);
-        // It cannot have read what was not sent.
         const offer = decodeU32Body(msg, h);
+        // A target cannot have read what was not sent.
         if (!tx || offer === null || h.seq > tx.nextSeq) return void this.stats.malformed++;
         if (!tx.members.includes(t.index)) return void this.stats.foreign++;
         this.stats.flow.progress++;
