@@ -229,8 +229,7 @@ export class MemoryNetwork implements ScatterNetwork {
           s.heldBytes -= charge;
           fire();
         }, held + (late ? (i.reorderDelayMs ?? 5) : 0));
-      }
-      else if (late) setTimeout(fire, i.reorderDelayMs ?? 5);
+      } else if (late) setTimeout(fire, i.reorderDelayMs ?? 5);
       else setImmediate(fire);
     }
   }
