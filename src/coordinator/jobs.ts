@@ -371,29 +371,38 @@ export class JobManager {
 
   /**
    * A target agent registered or sent a heartbeat: release the content stores it still holds of
-   * ended jobs. It could not be reached when the job ended (stopped, cut off, restarting), and
-   * nothing references those stores any more; each can be as large as the job's shared contents.
+   * ended jobs, and of jobs this coordinator does not know. An ended job's target could not be
+   * reached when the job ended (stopped, cut off, restarting). A job unknown here was pruned
+   * (ended, past MAX_JOBS) or is from before a restart that lost the state dir: its source agent
+   * gets no migration slot for it any more (slot() refuses jobs that are not active here), so
+   * no converge connection opens on that store again; one still open keeps its own reference to
+   * the store until it ends. Each store can be as large as the job's shared contents.
    */
   releaseStores(a: AgentRecord): void {
     if (a.role !== 'target' || !a.stores?.length) return;
     for (const id of a.stores) {
       const job = this.jobs.get(id);
-      if (job && TERMINAL_STATES.has(job.state)) this.releaseStore(a.name, a.controlUrl, id, true);
+      if (!job) this.releaseStore(a.name, a.controlUrl, id, 'unknown');
+      else if (TERMINAL_STATES.has(job.state)) this.releaseStore(a.name, a.controlUrl, id, 'late');
     }
   }
 
-  /** DELETE a job's content store on a target (once at a time); `late`: one left after the job ended. */
-  private releaseStore(target: string, url: string, job: string, late: boolean): void {
+  /**
+   * DELETE a job's content store on a target (once at a time). `why`: at the job's end, or a
+   * store a heartbeat listed: of an ended job (`late`) or of a job not known here (`unknown`).
+   */
+  private releaseStore(target: string, url: string, job: string, why: 'end' | 'late' | 'unknown'): void {
     const key = `${target}\n${job}`;
     if (this.releasing.has(key)) return;
     this.releasing.add(key);
     void controlCall(url, `/v1/jobs/${encodeURIComponent(job)}/store`, { method: 'DELETE', token: this.o.token, peer: `target agent ${target}`, timeoutMs: 5000 })
       .then(() => {
-        if (late) this.log.info({ job, target }, 'released the content store of an ended job that its target still held');
+        if (why === 'late') this.log.info({ job, target }, 'released the content store of an ended job that its target still held');
+        if (why === 'unknown') this.log.info({ job, target }, 'released a content store its target held of a job this coordinator does not know (pruned, or from before a restart without its state)');
       })
       .catch((e: unknown) => {
         // At the job's end: absent (no VM went there) or unreachable (its heartbeats will list it).
-        if (late && !(e instanceof ControlHttpError && e.status === 404)) this.log.warn({ job, target, err: (e as Error).message }, 'could not release an ended job\'s content store; retrying on the next heartbeat');
+        if (why !== 'end' && !(e instanceof ControlHttpError && e.status === 404)) this.log.warn({ job, target, err: (e as Error).message }, 'could not release a content store its target still held; retrying on the next heartbeat');
       })
       .finally(() => this.releasing.delete(key));
   }
@@ -610,7 +619,7 @@ export class JobManager {
     // One that cannot be reached now lists it in its heartbeats once it is back (releaseStores).
     for (const t of job.targets) {
       const url = this.o.registry.get(t)?.controlUrl ?? job.agents.targets[t];
-      if (url) this.releaseStore(t, url, job.id, false);
+      if (url) this.releaseStore(t, url, job.id, 'end');
     }
     for (const v of job.vms) if (this.locks.get(`${job.source}/${v.name}`) === job.id) this.locks.delete(`${job.source}/${v.name}`);
     this.o.metrics.jobs.inc({ state });

@@ -311,8 +311,9 @@ export async function buildCoordinator(opts: CoordinatorOptions): Promise<Coordi
   );
 
   await app.ready();
-  registry.start();
+  // Jobs first: an agent's first contact may list stores, released unless their job is known.
   jobs.recover();
+  registry.start();
   logger.info({ store: store.where, limits: slots.limits }, 'coordinator ready');
   const parts: CoordinatorParts = { jobs, registry, slots, metrics, config: cfg };
   return Object.assign(app, { coordinator: parts });

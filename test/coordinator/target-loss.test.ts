@@ -4,7 +4,8 @@
  *    longer its source's (it was resumed on the target), so the job must not report it like a
  *    VM that was not migrated and keeps running on its source;
  *  - a target that still holds an ended job's content store (it could not be reached when the
- *    job ended) has it released once its heartbeats list it.
+ *    job ended) has it released once its heartbeats list it; so is the store of a job this
+ *    coordinator does not know (from before a restart that lost its state dir).
  */
 import { pino } from 'pino';
 import { afterAll, beforeAll, expect, it } from 'vitest';
@@ -98,15 +99,7 @@ it("an ended job's content store left on a target is released once the target's 
   await waitFor('the job end to release its store on t1', async () => !t1.target!.storeJobs().includes(endedJob), 10_000, 20);
   // The state a target is left in when the job's end could not reach it (cut off, stopped):
   // here a late scatter request for the ended job, which opens a store for it.
-  const plan = { targets: ['t1'], groups: [{ id: 0, targets: [0], contents: Uint32Array.of(1, 2, 3) }], order: [0] };
-  const session = sessionToJson(sessionFromPlan(plan, { job: 7, key: null, sender: { address: '127.0.0.1', port: 9 }, mtu: 9000, window: 3 }));
-  const res = await fetch(`${t1.url}/v1/jobs/${endedJob}/scatter`, {
-    method: 'POST',
-    headers: { ...auth, 'content-type': 'application/json' },
-    body: JSON.stringify({ session, target: 0 }),
-  });
-  expect(res.status).toBe(202);
-  expect(t1.target!.storeJobs()).toContain(endedJob);
+  await openStore(t1, endedJob);
   await waitFor('the coordinator to release it', async () => !t1.target!.storeJobs().includes(endedJob), 10_000, 50);
   // And the next heartbeat says so.
   await waitFor('t1 to list no store of it', async () => {
@@ -114,3 +107,25 @@ it("an ended job's content store left on a target is released once the target's 
     return !(view.stores as string[]).includes(endedJob);
   }, 10_000, 50);
 });
+
+it('a content store of a job the coordinator does not know is released once the target lists it', async () => {
+  // What a coordinator restarted without its state dir finds: a store of a job from before.
+  const t1 = agents.get('t1')!;
+  const job = 'j-from-before-a-restart';
+  expect(app.coordinator.jobs.get(job)).toBeUndefined();
+  await openStore(t1, job);
+  await waitFor('the coordinator to release it', async () => !t1.target!.storeJobs().includes(job), 10_000, 50);
+});
+
+/** Open a content store of `job` on a target the way a late scatter request does. */
+async function openStore(t: AgentHandle, job: string): Promise<void> {
+  const plan = { targets: [t.name], groups: [{ id: 0, targets: [0], contents: Uint32Array.of(1, 2, 3) }], order: [0] };
+  const session = sessionToJson(sessionFromPlan(plan, { job: 7, key: null, sender: { address: '127.0.0.1', port: 9 }, mtu: 9000, window: 3 }));
+  const res = await fetch(`${t.url}/v1/jobs/${job}/scatter`, {
+    method: 'POST',
+    headers: { ...auth, 'content-type': 'application/json' },
+    body: JSON.stringify({ session, target: 0 }),
+  });
+  expect(res.status).toBe(202);
+  expect(t.target!.storeJobs()).toContain(job);
+}
