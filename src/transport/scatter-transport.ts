@@ -218,7 +218,7 @@ export class MemoryNetwork implements ScatterNetwork {
       };
       const held = this.stalledFor(s.iface);
       if (held > 0) {
-        const charge = bufferCharge(copy.length);
+        const charge = segment === 0 || s.coalesce ? bufferCharge(copy.length) : segmentsCharge(copy.length, segment);
         if (s.heldBytes + charge > s.recvBufferBytes) {
           this.dropped++;
           this.overflowed++;
@@ -317,6 +317,13 @@ class MemSocket implements ScatterSocket {
  */
 export function bufferCharge(length: number): number {
   return 2 ** Math.ceil(Math.log2(length + 320)) + 256;
+}
+
+/** bufferCharge of a segmented send of `length` bytes read one segment at a time. */
+function segmentsCharge(length: number, segment: number): number {
+  const whole = Math.floor(length / segment);
+  const rest = length - whole * segment;
+  return whole * bufferCharge(segment) + (rest > 0 ? bufferCharge(rest) : 0);
 }
 
 export function isMulticast(address: string): boolean {

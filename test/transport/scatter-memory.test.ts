@@ -290,7 +290,8 @@ describe('scatter over the in-memory network', () => {
     expect(held.s.repairs).toBe(0);
     expect(held.s.flow.holds).toBeGreaterThan(0);
     expect(held.s.flow.offeredBytes).toBeGreaterThan(0);
-    expect(held.s.flow.offeredBytes).toBeLessThanOrEqual(0.7 * (2 << 20));
+    // What the buffer holds of these reads, by the kernel's charge, with the receiver's margin.
+    expect(held.s.flow.offeredBytes).toBeLessThanOrEqual(0.8 * (2 << 20));
     // Without flow control, or with receivers that do not send PROGRESS: overflow, repaired.
     for (const o of [{ sender: { flowWindowBytes: 0 } }, { receiver: () => ({ ...small(), progressEvery: 0 }) }]) {
       const lost = await run({ impair: stall(300), ...o });
