@@ -296,7 +296,7 @@ export class TargetHost {
     const log = this.opts.logger.child({ job, target: this.name });
     void r.done.then((res) => {
       if (this.receivers.get(job) === r) this.receivers.delete(job);
-      log.info({ ended: res.ended, held: res.held.length }, 'scatter receiver done');
+      log.info({ ended: res.ended, held: res.held.length, ...(res.coalescingOff ? { coalescingOff: res.coalescingOff } : {}) }, 'scatter receiver done');
     });
     return r.groups;
   }

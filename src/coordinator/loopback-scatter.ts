@@ -8,6 +8,7 @@ import type { EvacuationConfig } from '../config.js';
 import { ErrorCode, VmsError } from '../errors.js';
 import { runScatter } from '../transport/scatter.js';
 import type { Plan } from '../plan/types.js';
+import type { ReceiverResult } from '../transport/multicast-receiver.js';
 import type { ScatterResult } from '../transport/multicast-sender.js';
 import type { ScatterOutcome, ScatterRunner } from './evacuation.js';
 
@@ -28,12 +29,15 @@ export function createLoopbackScatter(cfg: EvacuationConfig['scatter'], agents: 
       receiver: { udpOffload: cfg.udpOffload },
       onProgress: (p) => ctx.onProgress(p.bytesSent, p.bytesTotal),
     });
-    return scatterOutcome(plan, r);
+    return scatterOutcome(plan, r, r.receivers);
   };
 }
 
-/** What the evacuation keeps of a scatter: holdings from the targets' reports, bytes, notes. */
-export function scatterOutcome(plan: Pick<Plan, 'targets'>, r: ScatterResult): ScatterOutcome {
+/**
+ * What the evacuation keeps of a scatter: holdings from the targets' reports, bytes, notes.
+ * `receivers`: their own results, where they ran in this process.
+ */
+export function scatterOutcome(plan: Pick<Plan, 'targets'>, r: ScatterResult, receivers: readonly ReceiverResult[] = []): ScatterOutcome {
   const notes: string[] = [];
   if (!r.sender.igmp.checked) notes.push(`network-level join check skipped: ${r.sender.igmp.reason ?? 'no CAP_NET_RAW'}`);
   else if (r.sender.igmpUnseenAtStart) {
@@ -43,6 +47,11 @@ export function scatterOutcome(plan: Pick<Plan, 'targets'>, r: ScatterResult): S
   }
   // Asked for and not had, or turned off after a failed send: the scatter went one datagram per send.
   if (r.sender.segmentation.note) notes.push(`UDP segmentation offload off: ${r.sender.segmentation.note}`);
+  const uncoalesced = receivers.filter((x) => x.coalescingOff);
+  if (uncoalesced.length) {
+    const names = uncoalesced.map((x) => plan.targets[x.target] ?? `target ${x.target}`);
+    notes.push(`UDP receive offload off on ${names.join(', ')} (one datagram per read): ${uncoalesced[0]!.coalescingOff}`);
+  }
   const incomplete = r.targets.filter((t) => !t.complete).map((t) => t.name);
   if (incomplete.length) notes.push(`incomplete after repair: ${incomplete.join(', ')} (converge carries the rest)`);
   const stalled = [...new Set(r.sender.groups.flatMap((g) => g.stalled))].map((t) => r.targets.find((x) => x.target === t)?.name ?? `target ${t}`);

@@ -99,6 +99,8 @@ export interface ReceiverResult {
   /** Content ids of this target's groups that the store holds, ascending. */
   held: Uint32Array;
   counters: ReceiverCounters;
+  /** Why reads came one datagram each although coalesced reads (UDP GRO) were asked for; null otherwise. */
+  coalescingOff: string | null;
 }
 
 interface GroupRx {
@@ -177,6 +179,7 @@ export class ScatterReceiver {
   /** Bytes of the group sockets' reads so far, and what the kernel charged their buffers for them (bufferCharge). */
   private readBytes = 0;
   private readCharge = 0;
+  private coalescingOff: string | null = null;
   private resolveDone!: (r: ReceiverResult) => void;
 
   private constructor(o: ScatterReceiverOptions) {
@@ -308,6 +311,7 @@ export class ScatterReceiver {
           .then((sock) => {
             m.opening = false;
             m.sock = sock;
+            this.coalescingOff ??= sock.offloadNote;
             this.counters.joins++;
             changed = true;
             if (this.ended) this.closeMembership(address);
@@ -669,7 +673,7 @@ export class ScatterReceiver {
     if (ctl) setTimeout(() => ctl.close(), 20);
     this.counters.held = 0;
     for (const rx of this.mine) for (const id of rx.g.contents) if (this.store.has(id)) this.counters.held++;
-    this.resolveDone({ target: this.target, ended: how, held: this.heldIds(), counters: { ...this.counters } });
+    this.resolveDone({ target: this.target, ended: how, held: this.heldIds(), counters: { ...this.counters }, coalescingOff: this.coalescingOff });
   }
 }
 

@@ -168,7 +168,13 @@ describe('scatter over the in-memory network', () => {
     expect(unavailable.result.sender.segmentation).toEqual({ segmentBytes: 0, note: 'offloads are off in this in-memory network' });
     // The job's notes say so; turned off on purpose, they do not.
     expect(scatterOutcome(fleet.plan, unavailable.result).notes).toContain('UDP segmentation offload off: offloads are off in this in-memory network');
-    expect(scatterOutcome(fleet.plan, off.result).notes.filter((n) => n.startsWith('UDP'))).toEqual([]);
+    expect(scatterOutcome(fleet.plan, off.result, off.receivers).notes.filter((n) => n.startsWith('UDP'))).toEqual([]);
+    // And so do the receivers' coalesced reads, for every target that could not have them.
+    for (const r of unavailable.receivers) expect(r.coalescingOff).toBe('offloads are off in this in-memory network');
+    expect(off.receivers.map((r) => r.coalescingOff)).toEqual(fleet.plan.targets.map(() => null));
+    expect(scatterOutcome(fleet.plan, unavailable.result, unavailable.receivers).notes).toContain(
+      `UDP receive offload off on ${fleet.plan.targets.join(', ')} (one datagram per read): offloads are off in this in-memory network`,
+    );
   });
 
   it('fragments pages at MTU 1500 and reassembles them under loss', async () => {
