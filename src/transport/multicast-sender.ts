@@ -62,7 +62,7 @@ export interface ScatterSenderOptions {
   rateInitialFraction?: number;
   /** Lowest rate NACK backoff may reach, fraction of the ceiling (default 0.05). */
   rateFloorFraction?: number;
-  /** NACKed/sent fraction above which the rate backs off (default 0.03). */
+  /** NACKed/sent fraction above which the rate backs off (default 0.10; token-bucket.ts says why). */
   backoffLoss?: number;
   /**
    * Flow control: a group's first pass runs ahead of what a member has read (its PROGRESS) by
@@ -431,7 +431,7 @@ export class ScatterSender {
       burstBytes: Math.max(8 * wireBytes, rate * 0.004),
       initialFraction: o.rateInitialFraction ?? 0.5,
       floorFraction: o.rateFloorFraction ?? 0.05,
-      backoffLoss: o.backoffLoss ?? 0.03,
+      ...(o.backoffLoss !== undefined ? { backoffLoss: o.backoffLoss } : {}),
     });
     this.flowWindowBytes = o.flowWindowBytes ?? FLOW_WINDOW_BYTES;
     if (!Number.isSafeInteger(this.flowWindowBytes) || this.flowWindowBytes < 0) throw new VmsError(ErrorCode.CONFIG, `flow window must be a whole number of bytes (0: off), got ${o.flowWindowBytes}`);

@@ -23,7 +23,7 @@ describe('TokenBucket', () => {
   });
 
   it('backs off once per loss episode, not below its floor, and recovers', () => {
-    const b = new TokenBucket({ rateBytesPerSec: 100e6, burstBytes: 1e6, initialFraction: 1, floorFraction: 0.25, backoffLoss: 0.03, intervalMs: 50 }, 0);
+    const b = new TokenBucket({ rateBytesPerSec: 100e6, burstBytes: 1e6, initialFraction: 1, floorFraction: 0.25, backoffLoss: 0.03, intervalMs: 50, windowBytes: 400_000 }, 0);
     b.take(500_000, 1);
     b.nacked(50_000, 10, 1); // 10% loss by target 1
     b.nacked(1_000, 10, 2);
@@ -40,6 +40,60 @@ describe('TokenBucket', () => {
       b.take(100_000, t);
       b.evaluate(t + 50);
     }
+    expect(b.currentRate).toBe(100e6);
+  });
+
+  /** 3 s of sending at the bucket's rate in 10 ms steps; `lossAt(step, who)`: the fraction of the step's bytes receiver `who` (of 4) NACKs. */
+  const drive = (b: TokenBucket, lossAt: (step: number, who: number) => number): void => {
+    for (let step = 0, t = 0; step < 300; step++, t += 10) {
+      const bytes = Math.floor(b.currentRate / 100);
+      b.take(bytes, t);
+      for (let who = 0; who < 4; who++) {
+        const lost = Math.floor(bytes * lossAt(step, who));
+        if (lost > 0) b.nacked(lost, t + 1, who);
+      }
+    }
+  };
+
+  it('does not take a lossy link for congestion: random loss of a few percent leaves the rate at its ceiling', () => {
+    // 1% per receiver on average, lumped as a lossy veth drops whole GSO batches: 20% of one
+    // 10 ms step in 20, each receiver in other steps.
+    const lumpy = (step: number, who: number): number => ((step + 5 * who) % 20 === 0 ? 0.2 : 0);
+    const b = new TokenBucket({ rateBytesPerSec: 100e6, burstBytes: 1e6 }, 0);
+    drive(b, lumpy);
+    expect(b.backoffs).toBe(0);
+    expect(b.currentRate).toBe(100e6);
+    // Judged over 50 ms at the old thresholds (3%, growth below 0.5%), the same loss ran it down.
+    const old = new TokenBucket({ rateBytesPerSec: 100e6, burstBytes: 1e6, backoffLoss: 0.03, recoverLoss: 0.005, windowBytes: 1 }, 0);
+    drive(old, lumpy);
+    expect(old.backoffs).toBeGreaterThan(3);
+    expect(old.currentRate).toBeLessThan(50e6);
+  });
+
+  it('backs off from overload, holding the loss a bottleneck causes to about backoffLoss', () => {
+    // A 55 MB/s bottleneck behind a 100 MB/s ceiling drops what exceeds it, for every receiver.
+    const b = new TokenBucket({ rateBytesPerSec: 100e6, burstBytes: 1e6 }, 0);
+    let sent = 0;
+    let lost = 0;
+    drive(b, (_, who) => {
+      const loss = Math.max(0, 1 - 55e6 / b.currentRate);
+      if (who === 0) {
+        sent += b.currentRate / 100;
+        lost += (loss * b.currentRate) / 100;
+      }
+      return loss;
+    });
+    expect(b.backoffs).toBeGreaterThan(0);
+    expect(lost / sent).toBeLessThan(0.1);
+    expect(b.currentRate).toBeLessThan(66e6);
+  });
+
+  it('judges nothing from a window in which it hardly sent', () => {
+    const b = new TokenBucket({ rateBytesPerSec: 100e6, burstBytes: 1e6, initialFraction: 1 }, 0);
+    b.take(100_000, 1);
+    b.nacked(50_000, 2, 1); // 50% of almost nothing
+    b.evaluate(1001);
+    expect(b.backoffs).toBe(0);
     expect(b.currentRate).toBe(100e6);
   });
 });
