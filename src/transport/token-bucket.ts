@@ -8,11 +8,12 @@
  * Loss is not always congestion: a lossy link drops a share of datagrams whatever the rate.
  * Overload drops what exceeds the bottleneck, a share that grows with the rate. So the rate
  * backs off only above 10% loss and grows below 5%, measured over windows of at least 8 MiB:
- * with 3% and 0.5% over 50 ms, 1% random loss on the receivers' links (netem, 1 Gbit/s, 128
- * MiB to 4 receivers, 2026-12-05) drove the rate to its floor (60-72 backoffs, 7.9-8.5 MB/s
- * against 114 without loss): a 50 ms window held a few dozen packets, one or two lost GSO
- * batches (7 datagrams each) made 3% of it, the worst of 4 receivers crossed that in about a
- * third of the windows, and at 1% the rate never grew back.
+ * with 3% and 0.5% over 50 ms, 1% random loss on the receivers' links (the namespace
+ * topology's random drops, 1 Gbit/s, 128 MiB to 4 receivers, 2026-12-05) drove the rate to its
+ * floor (60-72 backoffs, 7.9-8.5 MB/s against 114 without loss): a 50 ms window held a few
+ * dozen packets, one or two lost GSO batches (7 datagrams each) made 3% of it, by the binomial
+ * odds the worst of 4 receivers crossed that in about a third of the windows, and at 1% the
+ * rate never grew back.
  */
 export interface TokenBucketOptions {
   /** Ceiling, bytes per second. */
