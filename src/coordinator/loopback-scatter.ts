@@ -45,12 +45,16 @@ export function scatterOutcome(plan: Pick<Plan, 'targets'>, r: ScatterResult, re
       `${r.sender.igmpUnseenAtStart} group memberships started before the network showed their IGMP join (a switch with IGMP snooping may not have forwarded those groups; repair and converge carried what was missed)`,
     );
   }
-  // Asked for and not had, or turned off after a failed send: the scatter went one datagram per send.
-  if (r.sender.segmentation.note) notes.push(`UDP segmentation offload off: ${r.sender.segmentation.note}`);
+  // Asked for and not had, or turned off after a failed send: the scatter went one datagram per
+  // send, and per read on the targets named (one line when both have the same reason).
+  const sendOff = r.sender.segmentation.note;
   const uncoalesced = receivers.filter((x) => x.coalescingOff);
-  if (uncoalesced.length) {
-    const names = uncoalesced.map((x) => plan.targets[x.target] ?? `target ${x.target}`);
-    notes.push(`UDP receive offload off on ${names.join(', ')} (one datagram per read): ${uncoalesced[0]!.coalescingOff}`);
+  const readOff = uncoalesced[0]?.coalescingOff;
+  const names = uncoalesced.map((x) => plan.targets[x.target] ?? `target ${x.target}`).join(', ');
+  if (sendOff && sendOff === readOff) notes.push(`UDP offloads off on the source and on ${names} (one datagram per send and per read): ${sendOff}`);
+  else {
+    if (sendOff) notes.push(`UDP segmentation offload off: ${sendOff}`);
+    if (readOff) notes.push(`UDP receive offload off on ${names} (one datagram per read): ${readOff}`);
   }
   const incomplete = r.targets.filter((t) => !t.complete).map((t) => t.name);
   if (incomplete.length) notes.push(`incomplete after repair: ${incomplete.join(', ')} (converge carries the rest)`);
