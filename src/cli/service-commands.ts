@@ -61,7 +61,7 @@ export function registerServiceCommands(program: Command): Command {
     .addOption(new Option('--compress <mode>', 'source: converge frames, lz4 (default) or none').choices(['lz4', 'none']))
     .option('--scatter-interface <addr>', 'IPv4 address of the interface multicast is sent (source) or received (target) on (default 127.0.0.1)')
     .option('--mtu <bytes>', 'MTU of the multicast path (9000: two pages per datagram)', intArg)
-    .option('--scatter-rate-mbps <n>', "source: the multicast sender's ceiling, MB/s (default 100); it starts at half and backs off when receivers lose datagrams", Number)
+    .option('--scatter-rate-mbps <n>', "source: the multicast sender's ceiling, MB/s (default 100); it starts there and backs off when receivers lose over 10% of datagrams", Number)
     .option('--no-scatter', 'source: skip the multicast scatter (converge carries every page)')
     .option('--no-udp-offload', 'send (source) or read (target) the scatter one datagram per system call, without Linux UDP GSO/GRO')
     .option('--no-register', 'do not register with the coordinator (it polls this agent: coordinator --agent URL)')

@@ -58,7 +58,7 @@ export interface ScatterSenderOptions {
    * frames, FRAME_OVERHEAD; default 125 MB/s, a 1 Gbit/s link).
    */
   rateBytesPerSec?: number;
-  /** Starting rate, fraction of the ceiling (default 0.5; it grows until the first loss). */
+  /** Starting rate, fraction of the ceiling (default 1: the ceiling; token-bucket.ts says why). */
   rateInitialFraction?: number;
   /** Lowest rate NACK backoff may reach, fraction of the ceiling (default 0.05). */
   rateFloorFraction?: number;
@@ -429,7 +429,7 @@ export class ScatterSender {
     this.bucket = new TokenBucket({
       rateBytesPerSec: rate,
       burstBytes: Math.max(8 * wireBytes, rate * 0.004),
-      initialFraction: o.rateInitialFraction ?? 0.5,
+      ...(o.rateInitialFraction !== undefined ? { initialFraction: o.rateInitialFraction } : {}),
       floorFraction: o.rateFloorFraction ?? 0.05,
       ...(o.backoffLoss !== undefined ? { backoffLoss: o.backoffLoss } : {}),
     });
