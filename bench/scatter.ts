@@ -72,8 +72,8 @@ const LINKS: BenchLink[] = [
  * Raised as receivers got cheaper, each time the sender ran at the ceiling (2026-12-03,
  * interleaved pairs in a script on this topology): 250 -> 400 MB/s once receivers polled
  * (196-233 against 183-206 MB/s), 400 -> 800 once they reserved their stores (255-314 against
- * 226-278); 1200 against 800: 268-310 against 273-306 with more repairs (it starts at half the
- * ceiling), so 800.
+ * 226-278); 1200 against 800: 268-310 against 273-306 with more repairs (pacing then started at
+ * half the ceiling; it starts at the ceiling since 2026-12-05, and flow control bounds it), so 800.
  */
 const UNLIMITED_CEILING = 800e6;
 const UFTP_PUB = '239.192.255.1';

@@ -55,7 +55,7 @@ export type AgentVm = Static<typeof AgentVm>;
 
 const StoreJobs = Type.Array(Type.String({ minLength: 1, maxLength: 128 }), {
   maxItems: 10_000,
-  description: 'target: the jobs whose content store it holds (the coordinator releases those of ended jobs)',
+  description: 'target: the jobs whose content store it holds (the coordinator releases those of ended jobs and of jobs it does not know)',
 });
 
 const AgentFields = {
