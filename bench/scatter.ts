@@ -19,7 +19,7 @@ import { createHash } from 'node:crypto';
 import { closeSync, createReadStream, mkdirSync, openSync, rmSync, writeSync } from 'node:fs';
 import { cpus, release, totalmem } from 'node:os';
 import { join } from 'node:path';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { ErrorCode, VmsError } from '../src/errors.js';
 import { PAGE_SIZE } from '../src/memory/page.js';
 import type { IgmpEvent } from '../src/transport/igmp-monitor.js';
@@ -39,6 +39,14 @@ const RECEIVERS = 4;
  * no tool always runs in the same slot of the sequence (vmscatter used to be first in every
  * round; its bench rounds on 2026-12-03 made 183-320 MB/s, the same scatter alone in a script
  * that hour 272-357).
+ *
+ * Before the first link's rounds, one warm-up round of every tool, reported but not counted
+ * (runs[] with warmup: true). The first process of a run to write fresh memory on this VM pays
+ * for it: on 2026-12-05 the run's first round of vmscatter made 156.8 MB/s against 296-303 in
+ * its other two, its receivers' page faults costing about 19 us a page against 1.5-2 warm
+ * (README). With the rotation, that first slot was always vmscatter's, so its median was the
+ * lower of its two warm rounds against uftp's middle of three; the warm-up round takes the
+ * first slot out of the comparison, whichever tool holds it.
  */
 const ROUNDS = 3;
 /** vmscatter-no-offload: vmscatter with --udp-offload off (one datagram per system call), its gain measured in the same rounds. */
@@ -84,8 +92,10 @@ const UDPCAST_DATA = '239.192.255.4';
 interface ToolRun {
   tool: Tool;
   link: string;
-  /** Which round of the link's tools (1-based). */
+  /** Which round of the link's tools (1-based; 0: the warm-up round, not counted). */
   round?: number;
+  /** The warm-up round before the first link's rounds: reported, left out of the medians. */
+  warmup?: boolean;
   complete: boolean;
   /** Per receiver: content MB/s from the start to its completion. */
   perReceiverMBps: number[];
@@ -287,7 +297,7 @@ async function runVmscatter(topo: Topology, link: string, pages: number, expectD
       `rate ceiling ${Math.round(rate / 1e6)} MB/s, final ${Math.round(s.finalRateBytesPerSec / 1e6)} MB/s after ${s.rateBackoffs} backoffs`,
       `flow control: ${s.flow.offeredBytes ? `receivers' socket buffers hold ${(s.flow.offeredBytes / 1048576).toFixed(1)} MiB (smallest offer); ` : ''}first pass held ${s.flow.holds} times at a receiver's window, ${Math.round(s.flow.heldMs)} ms in all`,
       `${s.datagrams} datagrams in ${s.sends} sends (${s.segmentation.segmentBytes ? `segmented by ${s.segmentation.segmentBytes} bytes, UDP GSO` : `one per send${s.segmentation.note ? `: ${s.segmentation.note}` : ''}`})`,
-      `receiver CPU per content MB (user+sys ms): ${r.receivers.map((x) => ((x.cpuMs.user + x.cpuMs.system) / (bytes / 1e6)).toFixed(2)).join(' ')}; per datagram (us): ${r.receivers.map((x) => (((x.cpuMs.user + x.cpuMs.system) * 1000) / Math.max(1, x.counters.datagrams)).toFixed(1)).join(' ')} (of which user: ${r.receivers.map((x) => ((x.cpuMs.user * 1000) / Math.max(1, x.counters.datagrams)).toFixed(1)).join(' ')}); event-loop delay max (ms): ${r.receivers.map((x) => Math.round(x.loopDelayMs.max)).join(' ')}`,
+      `receiver CPU per content MB (user+sys ms): ${r.receivers.map((x) => ((x.cpuMs.user + x.cpuMs.system) / (bytes / 1e6)).toFixed(2)).join(' ')}; per datagram (us): ${r.receivers.map((x) => (((x.cpuMs.user + x.cpuMs.system) * 1000) / Math.max(1, x.counters.datagrams)).toFixed(1)).join(' ')} (of which user: ${r.receivers.map((x) => ((x.cpuMs.user * 1000) / Math.max(1, x.counters.datagrams)).toFixed(1)).join(' ')}); event-loop delay max (ms): ${r.receivers.map((x) => Math.round(x.loopDelayMs.max)).join(' ')}; page faults: ${r.receivers.map((x) => x.pageFaults).join(' ')}`,
       `sender CPU per datagram (user+sys us, kernel delivery to the bridge included): ${senderCpu ? `${(((senderCpu.user + senderCpu.system) * 1000) / Math.max(1, s.datagrams)).toFixed(1)} (of which user: ${((senderCpu.user * 1000) / Math.max(1, s.datagrams)).toFixed(1)})` : '?'}`,
       `receivers' own join/leave count: ${r.receivers.map((x) => `${x.counters.joins}/${x.counters.leaves}`).join(' ')}; sender IGMP check: ${s.igmp.checked ? `${s.igmpSeen} joins seen, ${s.igmpLeftOnly} memberships seen only leaving, ${s.igmpUnseenAtStart} started before their join was seen` : s.igmp.reason}`,
       ...(igmp.note ? [igmp.note] : []),
@@ -420,6 +430,28 @@ function version(cmd: string, args: string[]): string {
   }
 }
 
+/**
+ * What writing fresh memory costs on this machine now, measured in the same run: `processes`
+ * node processes at once each write one byte to every 4 KiB page of a new 64 MiB buffer.
+ * vmscatter's receivers write their store into such memory (anonymous pages), uftp's and
+ * udpcast's write files through the kernel, so this cost bears on vmscatter alone: it moved
+ * from about 2 us a page (2026-12-05) to 10-14 in one process and 18-40 in each of 4 at once on
+ * this VM (2026-12-06), on the same code, and vmscatter went from parity with uftp to 0.28x.
+ */
+async function firstTouchUsPerPage(processes: number): Promise<number> {
+  const script = `const b=Buffer.allocUnsafeSlow(64<<20);const t=process.hrtime.bigint();for(let o=0;o<b.length;o+=4096)b[o]=1;process.stdout.write(String(Number(process.hrtime.bigint()-t)/1e3/16384))`;
+  const one = (): Promise<number> =>
+    new Promise((resolve, reject) => {
+      const c = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+      let out = '';
+      c.stdout.on('data', (d: Buffer) => (out += d.toString()));
+      c.on('error', reject);
+      c.on('close', (code) => (code === 0 ? resolve(Number(out)) : reject(new Error(`first-touch probe exited with ${code}`))));
+    });
+  const each = await Promise.all(Array.from({ length: processes }, one));
+  return Math.round((each.reduce((a, b) => a + b, 0) / each.length) * 100) / 100;
+}
+
 function pkgVersion(pkg: string): string {
   try {
     return execFileSync('dpkg-query', ['-W', '-f', '${Version}', pkg], { encoding: 'utf8' });
@@ -460,12 +492,15 @@ export async function runScatterBench(opts: { quick: boolean; json: boolean }): 
   const dir = `/dev/shm/vmscatter-bench-${process.pid}`;
   mkdirSync(dir, { recursive: true });
   const runs: ToolRun[] = [];
+  let firstTouch: { oneProcess: number; fourAtOnce: number } | undefined;
   try {
     const src = join(dir, 'src.bin');
     log(`bench scatter: ${bytes / 1048576} MiB to ${RECEIVERS} receivers, MTU ${MTU}, links: ${links.map((l) => l.name).join(', ')}`);
     writeSourceFile(src, pages);
     const srcSha = await fileSha256(src);
     const setDigest = await setDigestOfFile(src);
+    firstTouch = { oneProcess: await firstTouchUsPerPage(1), fourAtOnce: await firstTouchUsPerPage(RECEIVERS) };
+    log(`  first writes to fresh memory: ${firstTouch.oneProcess} us a page in one process, ${firstTouch.fourAtOnce} in each of ${RECEIVERS} at once`);
     for (const link of links) {
       const topo = await createTopology({ receivers: RECEIVERS, mtu: MTU, ...(link.rate ? { senderRate: link.rate } : {}), ...(link.loss ? { impair: { loss: link.loss } } : {}) });
       try {
@@ -473,13 +508,14 @@ export async function runScatterBench(opts: { quick: boolean; json: boolean }): 
         // counts (Ethernet frames), as docs/operations.md tells users to set it (uftp -R -1 and
         // udpcast are held back by the qdisc instead).
         const rate = link.bytesPerSec ?? UNLIMITED_CEILING;
-        for (let round = 1; round <= rounds; round++) for (const tool of inTurn(round)) {
+        const first = link === links[0] ? 0 : 1; // round 0: the warm-up (ROUNDS)
+        for (let round = first; round <= rounds; round++) for (const tool of inTurn(Math.max(1, round))) {
           const missing = missingBinaries[tool];
           if (missing) {
-            if (round === 1) log(`  ${link.name}: ${tool} skipped: ${missing}`);
+            if (round === first) log(`  ${link.name}: ${tool} skipped: ${missing}`);
             continue;
           }
-          log(`  ${link.name}: ${tool}${rounds > 1 ? ` (round ${round} of ${rounds})` : ''} ...`);
+          log(`  ${link.name}: ${tool}${round === 0 ? ' (warm-up, not counted)' : rounds > 1 ? ` (round ${round} of ${rounds})` : ''} ...`);
           const r =
             tool === 'vmscatter'
               ? await runVmscatter(topo, link.name, pages, setDigest, rate, true)
@@ -489,6 +525,7 @@ export async function runScatterBench(opts: { quick: boolean; json: boolean }): 
                 ? await runUftp(topo, link.name, dir, src, srcSha, bytes)
                 : await runUdpcast(topo, link.name, dir, src, srcSha, bytes);
           r.round = round;
+          if (round === 0) r.warmup = true;
           runs.push(r);
           log(`    ${r.MBps} MB/s (per receiver ${r.perReceiverMBps.join(' ')}), complete ${r.complete}, repair ${r.repairPct}%, wire overhead ${r.wireOverheadPct}%, joins ${r.joinsPerReceiver.join('/')} leaves ${r.leavesPerReceiver.join('/')}`);
         }
@@ -501,7 +538,7 @@ export async function runScatterBench(opts: { quick: boolean; json: boolean }): 
   }
   // A tool's median round (the lower middle one of an even count).
   const pick = (tool: string, link: string): ToolRun | undefined => {
-    const mine = runs.filter((r) => r.tool === tool && r.link === link).sort((x, y) => x.MBps - y.MBps);
+    const mine = runs.filter((r) => r.tool === tool && r.link === link && !r.warmup).sort((x, y) => x.MBps - y.MBps);
     return mine[Math.floor((mine.length - 1) / 2)];
   };
   const head = 'unlimited';
@@ -546,7 +583,7 @@ export async function runScatterBench(opts: { quick: boolean; json: boolean }): 
     mtu: MTU,
     seed: SEED,
     runs,
-    machine: { nproc: cpus().length, memoryBytes: totalmem(), kernel: release(), node: process.version },
+    machine: { nproc: cpus().length, memoryBytes: totalmem(), kernel: release(), node: process.version, firstTouchUsPerPage: firstTouch ?? null },
     versions: { uftp: pkgVersion('uftp'), udpcast: pkgVersion('udpcast'), iproute2: pkgVersion('iproute2'), tc: version('tc', ['-V']) },
     date: new Date().toISOString(),
     reproduce: `vmscatter bench scatter${opts.quick ? ' --quick' : ''}${opts.json ? ' --json' : ''}`,
@@ -556,14 +593,16 @@ export async function runScatterBench(opts: { quick: boolean; json: boolean }): 
       wireOverheadPct:
         "sender eth0 tx bytes (kernel counter, all headers and control included) / content bytes - 1; the veth counts a segmented send (vmscatter's UDP GSO) as one packet with one set of headers, where a physical link carries each of its datagrams with its own (42 bytes more per datagram of 8,220: +0.5%)",
       offload: 'vmscatter sends a group\'s first pass up to 7 datagrams per system call (UDP GSO) and receivers read them in one (UDP GRO); vmscatter-no-offload is the same with --udp-offload off',
-      rounds: `the tools run in turn, ${rounds} round(s) per link, round r starting with the r-th tool (${TOOLS.join(', ')}); a tool's figures are its median round by MB/s (every round is in runs[])`,
+      rounds: `the tools run in turn, ${rounds} round(s) per link, round r starting with the r-th tool (${TOOLS.join(', ')}); a tool's figures are its median round by MB/s (every round is in runs[]); before the first link's rounds a warm-up round of every tool (round 0, warmup: true, in runs[] and in "complete", not in the medians): the first process of a run to write fresh memory on this machine pays for it`,
+      firstTouchUsPerPage:
+        "machine: us per 4 KiB page for a node process's first write to fresh anonymous memory (64 MiB), alone and in each of 4 processes at once, measured before the rounds; vmscatter's receivers pay it for every page of their store (their page faults are in each round's notes), uftp and udpcast write files through the kernel and do not",
     },
   };
   if (!opts.json) {
     log('');
-    log(`link           tool                    MB/s   per receiver              repair%  wire%   joins/leaves per receiver`);
+    log(`link           tool                           MB/s   per receiver              repair%  wire%   joins/leaves per receiver`);
     for (const r of runs) {
-      log(`${r.link.padEnd(14)} ${`${r.tool}${rounds > 1 ? ` ${r.round}` : ''}`.padEnd(23)}${String(r.MBps).padStart(6)}   ${r.perReceiverMBps.join(' ').padEnd(24)} ${String(r.repairPct ?? '?').padStart(7)}  ${String(r.wireOverheadPct).padStart(6)}   ${r.joinsPerReceiver.map((j, i) => `${j}/${r.leavesPerReceiver[i]}`).join(' ')}${r.complete ? '' : '  INCOMPLETE'}`);
+      log(`${r.link.padEnd(14)} ${`${r.tool}${r.warmup ? ' warm-up' : rounds > 1 ? ` ${r.round}` : ''}`.padEnd(30)}${String(r.MBps).padStart(6)}   ${r.perReceiverMBps.join(' ').padEnd(24)} ${String(r.repairPct ?? '?').padStart(7)}  ${String(r.wireOverheadPct).padStart(6)}   ${r.joinsPerReceiver.map((j, i) => `${j}/${r.leavesPerReceiver[i]}`).join(' ')}${r.complete ? '' : '  INCOMPLETE'}`);
     }
     for (const b of byLink) {
       log(

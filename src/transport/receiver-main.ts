@@ -32,6 +32,7 @@ async function main(): Promise<void> {
   const lag = monitorEventLoopDelay({ resolution: 5 });
   lag.enable();
   const cpu0 = process.cpuUsage();
+  const faults0 = process.resourceUsage().minorPageFault;
   const r = await ScatterReceiver.open(o);
   process.stdout.write('ready\n');
   const stop = (): void => r.close();
@@ -41,6 +42,7 @@ async function main(): Promise<void> {
   const endedAt = Date.now();
   lag.disable();
   const cpu = process.cpuUsage(cpu0);
+  const pageFaults = process.resourceUsage().minorPageFault - faults0;
   const result: ReceiverOutput = {
     target,
     ended: res.ended,
@@ -50,6 +52,7 @@ async function main(): Promise<void> {
     openedAt,
     endedAt,
     cpuMs: { user: cpu.user / 1000, system: cpu.system / 1000 },
+    pageFaults,
     loopDelayMs: { max: lag.max / 1e6, p99: lag.percentile(99) / 1e6, mean: lag.mean / 1e6 },
   };
   if (args.get('digests') === 'true') result.digests = Array.from(res.held, (id) => pageDigest(store.get(id)!));

@@ -92,6 +92,8 @@ export interface ReceiverOutput {
   endedAt: number;
   /** CPU time of the receiver process from open to end (before digests), ms. */
   cpuMs: { user: number; system: number };
+  /** Minor page faults of the receiver process over the same span (first touches of memory). */
+  pageFaults: number;
   /** Event-loop delay over the run (how long datagrams may have waited), ms. */
   loopDelayMs: { max: number; p99: number; mean: number };
 }
