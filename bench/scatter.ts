@@ -19,7 +19,8 @@ import { createHash } from 'node:crypto';
 import { closeSync, createReadStream, mkdirSync, openSync, rmSync, writeSync } from 'node:fs';
 import { cpus, release, totalmem } from 'node:os';
 import { join } from 'node:path';
-import { execFileSync, spawn } from 'node:child_process';
+import { promisify } from 'node:util';
+import { execFile, execFileSync } from 'node:child_process';
 import { ErrorCode, VmsError } from '../src/errors.js';
 import { PAGE_SIZE } from '../src/memory/page.js';
 import type { IgmpEvent } from '../src/transport/igmp-monitor.js';
@@ -29,6 +30,7 @@ import { runNetnsScatter, NODE_TSX } from '../test/netns/scatter-run.js';
 import { createTopology, netnsUnavailableReason, receiverAddr, SENDER_ADDR, type LinkCounters, type Topology } from '../test/netns/topology.js';
 
 const RECEIVERS = 4;
+const execFileAsync = promisify(execFile);
 /**
  * Rounds of the three tools in turn per link (full preset; --quick: 1). A single round put
  * vmscatter, always first, in conditions the others did not share: 152-202 MB/s with 6-14%
@@ -439,16 +441,8 @@ function version(cmd: string, args: string[]): string {
  * this VM (2026-12-06), on the same code, and vmscatter went from parity with uftp to 0.28x.
  */
 async function firstTouchUsPerPage(processes: number): Promise<number> {
-  const script = `const b=Buffer.allocUnsafeSlow(64<<20);const t=process.hrtime.bigint();for(let o=0;o<b.length;o+=4096)b[o]=1;process.stdout.write(String(Number(process.hrtime.bigint()-t)/1e3/16384))`;
-  const one = (): Promise<number> =>
-    new Promise((resolve, reject) => {
-      const c = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
-      let out = '';
-      c.stdout.on('data', (d: Buffer) => (out += d.toString()));
-      c.on('error', reject);
-      c.on('close', (code) => (code === 0 ? resolve(Number(out)) : reject(new Error(`first-touch probe exited with ${code}`))));
-    });
-  const each = await Promise.all(Array.from({ length: processes }, one));
+  const script = `const b=Buffer.allocUnsafeSlow(64<<20);const t=process.hrtime.bigint();for(let o=0;o<b.length;o+=4096)b[o]=1;process.stdout.write(String(Number(process.hrtime.bigint()-t)/1e3/(b.length/4096)))`;
+  const each = await Promise.all(Array.from({ length: processes }, async () => Number((await execFileAsync(process.execPath, ['-e', script])).stdout)));
   return Math.round((each.reduce((a, b) => a + b, 0) / each.length) * 100) / 100;
 }
 
